@@ -1,0 +1,1 @@
+"""Scaling-law fitting and reports (later issue)."""

@@ -1,0 +1,1 @@
+"""Sweep designs and backends (later issue)."""

@@ -1,0 +1,354 @@
+"""Typed run configuration: dataclasses, YAML loading, `--set` overrides and validation.
+
+Key names (`model.d_model`, `train.batch_size`, `optim.lr`, ...) are a public interface: sweep files and
+users' scripts address them. Every error names the key and the fix, and is raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the CLI turns it into a message and exit code 2."""
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    head_dim: int | None = None  # default d_model // n_heads
+    d_ff: int | None = None  # default 4 * d_model
+    vocab_size: int = 256
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    pos: str = "rope"  # rope | learned
+    mlp: str = "gelu"  # gelu | swiglu
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    use_bias: bool = False
+    rope_base: float = 10000.0
+    z_loss: float = 0.0  # coefficient of log(Z)^2 added to the loss (PaLM uses 1e-4)
+    init_std: float = 0.02  # sigma_base: std of hidden matrices at the base width
+    emb_std: float = 0.02  # std of token / position embeddings (constant in width)
+    zero_init_readout: bool = False
+    norm_eps: float = 1e-6
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def resolved_d_ff(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+
+@dataclass
+class ParamConfig:
+    """Parametrization: which row of the table in parametrization.py scales init, LR and WD per role."""
+
+    name: str = "sp"
+    base_width: int = 128  # d_base: width multiplier m = d_model / base_width
+    base_depth: int = 2  # L_base: depth multiplier m_L = n_layers / base_depth
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | text
+    seq_len: int = 128
+    eval_sequences: int = 64  # size of the fixed held-out eval set, in sequences
+    # synthetic: a Zipf-weighted mixture of sparse Markov "skills" (see testbed/data/synthetic.py)
+    n_skills: int = 4096
+    zipf_exponent: float = 1.3
+    branching: int = 4
+    skill_order: int = 1
+    # text: HF datasets from local files (text/json/jsonl/parquet) or a hub name (streaming)
+    path: str | None = None
+    format: str = "auto"  # auto | text | json | parquet | hub
+    text_field: str = "text"
+    tokenizer: str = "byte"  # byte | bpe
+    bpe_vocab_size: int = 1024
+    val_fraction: float = 0.05
+    max_unique_tokens: int | None = None  # cap on distinct training tokens; repeats are counted as epochs
+    cache_dir: str | None = None  # where BPE tokenizers and token arrays are cached (default ~/.cache/testbed)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    wd_convention: str = "coupled"  # coupled (optax/PyTorch: eta_t*lambda) | independent (s_t*lambda_ind)
+    decay_embeddings: bool = True
+    decay_vectors: bool = False
+    grad_clip: float | None = 1.0  # global-norm clip; null disables
+    schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt | wsd
+    warmup_steps: int = 0
+    final_lr_frac: float = 0.1  # cosine/linear/wsd end at final_lr_frac * lr
+    cooldown_frac: float = 0.2  # wsd: fraction of steps spent cooling down
+    cooldown_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
+    lr_mult: dict[str, float] = field(default_factory=dict)  # per-role LR multipliers
+    wd_mult: dict[str, float] = field(default_factory=dict)  # per-role weight-decay multipliers
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # sequences per optimizer step (global)
+    steps: int | None = None
+    tokens: int | None = None  # alternative to steps: steps = ceil(tokens / (batch_size * seq_len))
+    grad_accum: int = 1  # microbatches per step; batch_size must divide evenly
+    compute_dtype: str = "float32"  # float32 | bfloat16 (master weights stay float32)
+    eval_every: int = 100
+    log_every: int = 1
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    param: ParamConfig = field(default_factory=ParamConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.data.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        if self.train.steps is not None:
+            return self.train.steps
+        assert self.train.tokens is not None
+        return -(-self.train.tokens // self.tokens_per_step)
+
+
+CHOICES = {
+    "model.norm": ("rmsnorm", "layernorm"),
+    "model.pos": ("rope", "learned"),
+    "model.mlp": ("gelu", "swiglu"),
+    "param.name": ("sp",),
+    "data.source": ("synthetic", "text"),
+    "data.format": ("auto", "text", "json", "parquet", "hub"),
+    "data.tokenizer": ("byte", "bpe"),
+    "optim.wd_convention": ("coupled", "independent"),
+    "optim.schedule": ("constant", "cosine", "linear", "inverse_sqrt", "wsd"),
+    "optim.cooldown_shape": ("linear", "cosine", "1-sqrt"),
+    "train.compute_dtype": ("float32", "bfloat16"),
+}
+ROLES = ("embedding", "hidden", "vector", "readout")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotated type, converting only where it is lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = ", ".join(sorted(names))
+            raise ConfigError(f"unknown key '{full}': valid keys under '{prefix.rstrip('.') or 'top level'}' "
+                              f"are {close}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parses an override value with YAML rules, so `--set optim.lr=1e-3` gives a float."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; accept it as a number.
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Applies `section.key=value` strings to a raw config mapping (a copy)."""
+    raw = _deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=1e-3")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def _deepcopy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deepcopy(v) for k, v in raw.items()}
+    return raw
+
+
+def from_dict(raw: dict | None) -> Config:
+    cfg = _build(Config, raw or {}, "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML config (or defaults when path is None), applies overrides, validates."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist: pass a path to a YAML file such as "
+                              "configs/tiny.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(p)!r} must be a mapping of sections (model:, data:, ...)")
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for p in key.split("."):
+        node = getattr(node, p)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    """Checks ranges and shape consistency; raises ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    positive = {
+        "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
+        "model.vocab_size": m.vocab_size, "data.seq_len": d.seq_len, "data.eval_sequences": d.eval_sequences,
+        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every, "train.checkpoint_every": t.checkpoint_every,
+        "train.keep_checkpoints": t.keep_checkpoints, "param.base_width": cfg.param.base_width,
+        "param.base_depth": cfg.param.base_depth, "data.n_skills": d.n_skills, "data.branching": d.branching,
+        "data.skill_order": d.skill_order, "data.bpe_vocab_size": d.bpe_vocab_size,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be positive, got {v}")
+    for key, v in {"model.head_dim": m.head_dim, "model.d_ff": m.d_ff, "train.steps": t.steps,
+                   "train.tokens": t.tokens, "data.max_unique_tokens": d.max_unique_tokens}.items():
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key}: must be positive (or null), got {v}")
+    if m.head_dim is None and m.d_model % m.n_heads:
+        raise ConfigError(f"model.n_heads: d_model={m.d_model} is not divisible by n_heads={m.n_heads}; "
+                          "pick n_heads dividing d_model or set model.head_dim")
+    if m.resolved_head_dim % 2 and m.pos == "rope":
+        raise ConfigError(f"model.head_dim: RoPE needs an even head dim, got {m.resolved_head_dim}")
+    if (t.steps is None) == (t.tokens is None):
+        raise ConfigError("train.steps / train.tokens: set exactly one of them (the other to null)")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.grad_accum: batch_size={t.batch_size} is not divisible by "
+                          f"grad_accum={t.grad_accum}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr: must be positive, got {o.lr}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    if o.eps < 0:
+        raise ConfigError(f"optim.eps: must be >= 0, got {o.eps}")
+    if o.grad_clip is not None and o.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip: must be positive or null, got {o.grad_clip}")
+    for key, v in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
+        if not 0 <= v < 1:
+            raise ConfigError(f"{key}: must be in [0, 1), got {v}")
+    for key, v in {"optim.final_lr_frac": o.final_lr_frac, "optim.cooldown_frac": o.cooldown_frac,
+                   "data.val_fraction": d.val_fraction}.items():
+        if not 0 <= v <= 1:
+            raise ConfigError(f"{key}: must be in [0, 1], got {v}")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
+    if o.warmup_steps > cfg.total_steps:
+        raise ConfigError(f"optim.warmup_steps: {o.warmup_steps} exceeds the run's {cfg.total_steps} steps")
+    for key, mults in {"optim.lr_mult": o.lr_mult, "optim.wd_mult": o.wd_mult}.items():
+        for role, v in mults.items():
+            if role not in ROLES:
+                raise ConfigError(f"{key}.{role}: unknown role; roles are {', '.join(ROLES)}")
+            if v < 0:
+                raise ConfigError(f"{key}.{role}: must be >= 0, got {v}")
+    if m.z_loss < 0:
+        raise ConfigError(f"model.z_loss: must be >= 0, got {m.z_loss}")
+    if d.source == "text" and not d.path:
+        raise ConfigError("data.path: data.source=text needs a path (a file, a folder or a hub dataset name)")
+    if d.source == "synthetic" and d.branching > m.vocab_size:
+        raise ConfigError(f"data.branching: {d.branching} exceeds model.vocab_size={m.vocab_size}")
+    if d.source == "text":
+        need = 256 if d.tokenizer == "byte" else d.bpe_vocab_size
+        if m.vocab_size < need:
+            raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
+                              f"vocabulary ({need}); set model.vocab_size >= {need}")

@@ -1,0 +1,167 @@
+"""A compact decoder-only, pre-norm transformer (Flax linen), parameterized by width and depth.
+
+Every parameter's init and forward multiplier come from testbed.parametrization via its role; `param_roles`
+maps any params tree to roles and fan-ins, which the optimizer reads. Shapes in names: B batch, L sequence,
+D d_model, H heads, K head dim, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from testbed import parametrization as P
+from testbed.config import Config
+
+
+def _normal(std: float):
+    return nn.initializers.zeros_init() if std == 0 else nn.initializers.normal(std)
+
+
+def _dense(cfg: Config, features: int, fan_in: int, name: str, role: str = "hidden") -> nn.Dense:
+    """A bias-free (by default) Dense whose init std comes from the parametrization table."""
+    scale = P.role_scale(cfg, role, fan_in)
+    return nn.Dense(features, use_bias=cfg.model.use_bias, kernel_init=_normal(scale.init_std),
+                    dtype=compute_dtype(cfg), param_dtype=jnp.float32, name=name)
+
+
+def compute_dtype(cfg: Config):
+    return jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm, computed in float32 whatever the compute dtype."""
+
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, x):
+        m = self.cfg.model
+        kw = dict(epsilon=m.norm_eps, dtype=jnp.float32, param_dtype=jnp.float32)
+        if m.norm == "rmsnorm":
+            y = nn.RMSNorm(**kw)(x)
+        else:
+            y = nn.LayerNorm(use_bias=m.use_bias, **kw)(x)
+        return y.astype(x.dtype)
+
+
+def rope(x_BxLxHxK, base: float):
+    """Rotary position embedding (rotate-half form) applied to queries or keys."""
+    L, K = x_BxLxHxK.shape[1], x_BxLxHxK.shape[3]
+    inv_freq_K2 = 1.0 / (base ** (np.arange(0, K, 2, dtype=np.float32) / K))
+    ang_LxK2 = np.arange(L, dtype=np.float32)[:, None] * inv_freq_K2[None, :]
+    sin_Lx1xK = np.concatenate([np.sin(ang_LxK2)] * 2, -1)[:, None, :]
+    cos_Lx1xK = np.concatenate([np.cos(ang_LxK2)] * 2, -1)[:, None, :]
+    x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x_BxLxHxK * cos_Lx1xK + rotated * sin_Lx1xK).astype(x_BxLxHxK.dtype)
+
+
+class Attention(nn.Module):
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        m = self.cfg.model
+        B, L, D = x_BxLxD.shape
+        H, K = m.n_heads, m.resolved_head_dim
+        qkv_BxLx3HK = _dense(self.cfg, 3 * H * K, D, "qkv")(x_BxLxD)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = jnp.split(qkv_BxLx3HK.reshape(B, L, 3 * H, K), 3, axis=2)
+        if m.qk_norm:
+            q_BxLxHxK = Norm(self.cfg, name="q_norm")(q_BxLxHxK)
+            k_BxLxHxK = Norm(self.cfg, name="k_norm")(k_BxLxHxK)
+        if m.pos == "rope":
+            q_BxLxHxK = rope(q_BxLxHxK, m.rope_base)
+            k_BxLxHxK = rope(k_BxLxHxK, m.rope_base)
+        # Logits and softmax in float32 (REFERENCE.md section 1); XLA/cuDNN pick the kernel per device.
+        f32 = jnp.float32
+        out_BxLxHxK = jax.nn.dot_product_attention(
+            q_BxLxHxK.astype(f32), k_BxLxHxK.astype(f32), v_BxLxHxK.astype(f32),
+            scale=P.attn_scale(self.cfg), is_causal=True).astype(x_BxLxD.dtype)
+        return _dense(self.cfg, D, H * K, "out")(out_BxLxHxK.reshape(B, L, H * K))
+
+
+class Mlp(nn.Module):
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        m = self.cfg.model
+        D, F = m.d_model, m.resolved_d_ff
+        if m.mlp == "swiglu":
+            gate_BxLxF = _dense(self.cfg, F, D, "gate")(x_BxLxD)
+            h_BxLxF = nn.silu(gate_BxLxF) * _dense(self.cfg, F, D, "up")(x_BxLxD)
+        else:
+            h_BxLxF = nn.gelu(_dense(self.cfg, F, D, "up")(x_BxLxD))
+        return _dense(self.cfg, D, F, "down")(h_BxLxF)
+
+
+class Block(nn.Module):
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        r = P.residual_mult(self.cfg)
+        x_BxLxD = x_BxLxD + r * Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_BxLxD))
+        x_BxLxD = x_BxLxD + r * Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BxLxD))
+        return x_BxLxD
+
+
+class Transformer(nn.Module):
+    """Token ids [B, L] -> float32 logits [B, L, V]."""
+
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, tokens_BxL):
+        cfg, m = self.cfg, self.cfg.model
+        dt = compute_dtype(cfg)
+        emb = P.role_scale(cfg, "embedding")
+        embed = nn.Embed(m.vocab_size, m.d_model, embedding_init=_normal(emb.init_std), dtype=dt,
+                         param_dtype=jnp.float32, name="embed")
+        x_BxLxD = embed(tokens_BxL)
+        if m.pos == "learned":
+            pos_LxD = self.param("pos_embed", _normal(emb.init_std), (cfg.data.seq_len, m.d_model))
+            x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dt)
+        x_BxLxD = x_BxLxD * emb.forward_mult
+        for i in range(m.n_layers):
+            x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
+        x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
+        if m.tie_embeddings:
+            logits_BxLxV = embed.attend(x_BxLxD * P.role_scale(cfg, "readout").forward_mult)
+        else:
+            readout = P.role_scale(cfg, "readout", m.d_model)
+            logits_BxLxV = _dense(cfg, m.vocab_size, m.d_model, "readout", "readout")(x_BxLxD)
+            logits_BxLxV = logits_BxLxV * readout.forward_mult
+        return logits_BxLxV.astype(jnp.float32)
+
+
+def role_of(path: tuple[str, ...]) -> str:
+    """The role of the parameter at `path` (a tuple of dict keys), from its module name."""
+    if path[0] in ("embed", "pos_embed"):
+        return "embedding"
+    if path[0] == "readout":
+        return "readout" if path[-1] == "kernel" else "vector"
+    return "hidden" if path[-1] == "kernel" else "vector"
+
+
+def param_roles(params) -> dict:
+    """A tree like `params` holding each leaf's role."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: role_of(tuple(k.key for k in p)), params)
+
+
+def param_fan_ins(params) -> dict:
+    """A tree like `params` holding each leaf's fan-in (kernel.shape[0] for matrices, 1 otherwise)."""
+    def fan_in(path, leaf):
+        role = role_of(tuple(k.key for k in path))
+        return int(leaf.shape[0]) if role in ("hidden", "readout") else 1
+
+    return jax.tree_util.tree_map_with_path(fan_in, params)
+
+
+def init_params(cfg: Config, rng: jax.Array):
+    """float32 master parameters for `cfg`."""
+    tokens_1xL = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+    return Transformer(cfg).init(rng, tokens_1xL)["params"]

@@ -1,0 +1,70 @@
+"""Throughput measurement: the train step's tokens/s and MFU against a matmul peak measured in-process."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from testbed import schedules, shapes
+from testbed.config import Config
+from testbed.model import compute_dtype, init_params
+from testbed.optim import default_hparams, make_optimizer
+from testbed.train import init_state, make_train_step
+
+
+def _best_time(fn, reps: int) -> float:
+    fn()  # warm-up (and compile)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak_flops(dtype=jnp.float32, n: int | None = None, reps: int = 5) -> float:
+    """Best-of-reps FLOP/s of an n x n matmul on the default device: the roofline MFU is measured against."""
+    if n is None:
+        n = 1024 if jax.default_backend() == "cpu" else 8192
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    return 2 * n**3 / _best_time(lambda: f(a, b), reps)
+
+
+def bench_train_step(cfg: Config, steps: int = 10) -> dict:
+    """Times the compiled train step on random tokens (excluding compile) and reports MFU."""
+    acc = shapes.count(cfg)
+    tx = make_optimizer(cfg, init_params(cfg, jax.random.key(cfg.seed)))
+    step_fn = make_train_step(cfg, tx, schedules.from_config(cfg.optim, max(cfg.total_steps, steps + 2)))
+    state = init_state(cfg, tx)
+    A, B, L = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len
+    rng = np.random.default_rng(cfg.seed)
+    batch = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (A, B, L + 1), dtype=np.int32))
+    hp = default_hparams(cfg)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, hp).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state, batch, hp)  # first call: allocation / warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = compiled(state, batch, hp)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    tokens = cfg.tokens_per_step
+    peak = matmul_peak_flops(compute_dtype(cfg))
+    achieved = tokens * acc.flops_per_token / step_s
+    return {
+        "tokens_per_s": tokens / step_s, "step_s": step_s, "step_s_min": float(np.min(times)),
+        "compile_s": compile_s, "flops_per_token": acc.flops_per_token,
+        "flops_per_token_6n": acc.flops_per_token_6n, "achieved_flops": achieved, "peak_flops": peak,
+        "mfu": achieved / peak, "params_total": acc.params_total, "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(), "dtype": cfg.train.compute_dtype, "steps_timed": steps,
+    }

@@ -1,0 +1,283 @@
+"""The pure train step, eval, and the loop that drives them and writes the run directory.
+
+`make_train_step` returns a pure function (state, batch, hparams) -> (state, metrics): no Python state,
+no host I/O, hyperparameters as arrays, so it can be jitted with donated buffers, vmapped over
+hyperparameters and sharded over a mesh. The loop around it reads step t-1's metrics while step t runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from testbed import schedules, shapes
+from testbed.config import Config, ConfigError
+from testbed.data import Source, make_source
+from testbed.model import Transformer, init_params
+from testbed.optim import default_hparams, inject, make_optimizer
+from testbed.runstore import RunDir
+
+TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
+
+
+def loss_fn(params, tokens_BxLp1, cfg: Config):
+    """Mean next-token cross-entropy (+ z-loss) in float32; returns (loss, cross-entropy)."""
+    inputs_BxL, targets_BxL = tokens_BxLp1[:, :-1], tokens_BxLp1[:, 1:]
+    logits_BxLxV = Transformer(cfg).apply({"params": params}, inputs_BxL)
+    logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    ce = jnp.mean(logz_BxL - target_logit_BxL)
+    loss = ce + cfg.model.z_loss * jnp.mean(logz_BxL**2) if cfg.model.z_loss else ce
+    return loss, ce
+
+
+def _global_norm(tree) -> jnp.ndarray:
+    return optax.tree.norm(tree)
+
+
+def make_train_step(cfg: Config, tx: optax.GradientTransformation, schedule: schedules.Schedule) -> Callable:
+    """The pure step. batch: int32 [grad_accum, micro_batch, seq_len + 1]."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch_AxBxLp1, hparams: dict):
+        params = state["params"]
+        if batch_AxBxLp1.shape[0] == 1:
+            (loss, ce), grads = grad_fn(params, batch_AxBxLp1[0], cfg)
+        else:
+            def micro(carry, tokens_BxLp1):
+                (l, c), g = grad_fn(params, tokens_BxLp1, cfg)
+                return jax.tree.map(jnp.add, carry, (l, c, g)), None
+
+            zeros = (jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
+            (loss, ce, grads), _ = jax.lax.scan(micro, zeros, batch_AxBxLp1)
+            n = batch_AxBxLp1.shape[0]
+            loss, ce, grads = loss / n, ce / n, jax.tree.map(lambda g: g / n, grads)
+        lr = hparams["lr"] * schedule(state["step"])
+        opt_state = inject(cfg, state["opt_state"], lr, hparams)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        param_norm = _global_norm(new_params)
+        metrics = {
+            "train_loss": ce, "loss_with_zloss": loss, "lr": lr, "grad_norm": _global_norm(grads),
+            "param_norm": param_norm, "update_ratio": _global_norm(updates) / param_norm,
+        }
+        return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return train_step
+
+
+def make_eval_step(cfg: Config) -> Callable:
+    """Per-sequence mean cross-entropy for a [B, L+1] chunk; sequence means give a proper standard error."""
+
+    def eval_step(params, tokens_BxLp1):
+        inputs_BxL, targets_BxL = tokens_BxLp1[:, :-1], tokens_BxLp1[:, 1:]
+        logits_BxLxV = Transformer(cfg).apply({"params": params}, inputs_BxL)
+        logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+        nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+        return jnp.mean(nll_BxL, axis=-1)
+
+    return eval_step
+
+
+def init_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
+    params = init_params(cfg, jax.random.key(cfg.seed))
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+
+
+class Evaluator:
+    """Fixed held-out set evaluated in padded chunks with one compiled program."""
+
+    def __init__(self, cfg: Config, source: Source):
+        self.eval = source.eval_set()
+        tokens = self.eval.tokens_ExLp1
+        self.n = tokens.shape[0]
+        self.chunk = min(self.n, max(1, cfg.train.batch_size // cfg.train.grad_accum))
+        pad = (-self.n) % self.chunk
+        self.tokens_CxBxLp1 = np.concatenate([tokens, tokens[:pad]]).reshape(-1, self.chunk, tokens.shape[1])
+        self.fn = jax.jit(make_eval_step(cfg))
+
+    def dispatch(self, params) -> list:
+        return [self.fn(params, chunk) for chunk in self.tokens_CxBxLp1]
+
+    def finish(self, pending: list) -> dict:
+        seq_loss = np.concatenate([np.asarray(x) for x in pending])[: self.n].astype(np.float64)
+        out = {"eval_loss": float(seq_loss.mean()),
+               "eval_loss_se": float(seq_loss.std(ddof=1) / math.sqrt(self.n)) if self.n > 1 else 0.0}
+        if self.eval.bytes_per_token:
+            out["eval_bpb"] = out["eval_loss"] / (math.log(2) * self.eval.bytes_per_token)
+        return out
+
+
+def _checkpoint_manager(run: RunDir, cfg: Config):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(run.checkpoint_dir.absolute(), options=opts)
+
+
+def _restore(mngr, state: TrainState) -> tuple[TrainState, int]:
+    import orbax.checkpoint as ocp
+
+    step = mngr.latest_step()
+    if step is None:
+        return state, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    return restored, int(step)
+
+
+def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Trains (or resumes) the run in `out`; returns its summary. Idempotent on a completed run."""
+    run = RunDir(out)
+    source = make_source(cfg.data, cfg.model.vocab_size, cfg.seed)  # may raise ConfigError: nothing written
+    if source.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                          f"({source.vocab_size}); set model.vocab_size >= {source.vocab_size}")
+    run.check_or_write_config(cfg)
+    done = run.read_summary()
+    if done is not None and done.get("status") in ("completed", "diverged"):
+        log(f"{run.path}: already {done['status']} at step {done['steps']}; nothing to do")
+        return done
+    try:
+        return _train_loop(cfg, run, source, progress, log)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        run.write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}",
+                           "traceback": traceback.format_exc()})
+        raise
+
+
+def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -> dict:
+    acc = shapes.count(cfg)
+    total = cfg.total_steps
+    tokens_per_step = cfg.tokens_per_step
+    tx = make_optimizer(cfg, init_params(cfg, jax.random.key(cfg.seed)))
+    schedule = schedules.from_config(cfg.optim, total)
+    hparams = default_hparams(cfg)
+    mngr = _checkpoint_manager(run, cfg)
+    state, start = _restore(mngr, init_state(cfg, tx))
+    rows = run.truncate_metrics(start)
+    wall0 = rows[-1]["wall_s"] if rows else 0.0
+    if start:
+        log(f"resuming {run.path} from step {start}")
+
+    A, micro = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum
+    L = cfg.data.seq_len
+
+    def batch_at(step: int) -> np.ndarray:
+        return source.train_batch(step, cfg.train.batch_size).reshape(A, micro, L + 1)
+
+    t0 = time.perf_counter()
+    step_fn = jax.jit(make_train_step(cfg, tx, schedule), donate_argnums=0).lower(
+        state, batch_at(start), hparams).compile()
+    compile_s = time.perf_counter() - t0
+    evaluator = Evaluator(cfg, source)
+    entropy = evaluator.eval.entropy
+
+    import orbax.checkpoint as ocp
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, leave=True)
+
+    status = "completed"
+    t_start = time.perf_counter()
+    t_prev, tok_prev = t_start, start * tokens_per_step
+
+    def finish(step: int, metrics, ev) -> dict:
+        """Turns step's device metrics (and eval) into a logged row; blocks until they are ready."""
+        nonlocal t_prev, tok_prev
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        tokens = step * tokens_per_step
+        row = {"step": step, "tokens": tokens, "flops": tokens * acc.flops_per_token, **m,
+               "tokens_per_s": (tokens - tok_prev) / max(now - t_prev, 1e-9),
+               "wall_s": wall0 + now - t_start}
+        t_prev, tok_prev = now, tokens
+        epochs = source.epochs_at(tokens)
+        if epochs is not None:
+            row["epochs"] = epochs
+        if ev is not None:
+            row.update(evaluator.finish(ev))
+            if entropy is not None:
+                row["eval_excess"] = row["eval_loss"] - entropy
+        return row
+
+    def keep(row: dict) -> bool:
+        return (row["step"] % cfg.train.log_every == 0 or row["step"] == total or "eval_loss" in row
+                or not _finite(row))
+
+    inflight = None  # (step, metrics, eval) dispatched but not yet read
+    batch = batch_at(start) if start < total else None
+    for i in range(start, total):
+        step = i + 1
+        state, metrics = step_fn(state, batch, hparams)
+        is_eval = step % cfg.train.eval_every == 0 or step == total
+        ev = evaluator.dispatch(state["params"]) if is_eval else None
+        if step < total:
+            batch = batch_at(step)  # host-side data work overlaps the device step
+        done = [finish(*inflight)] if inflight is not None else []  # step - 1, read while step runs
+        inflight = (step, metrics, ev)
+        is_ckpt = step % cfg.train.checkpoint_every == 0 or step == total
+        if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
+            done.append(finish(*inflight))
+            inflight = None
+        run.append_metrics([r for r in done if keep(r)])
+        if done and bar is not None:
+            bar.update(done[-1]["step"] - bar.n)
+            bar.set_postfix(loss=f"{done[-1]['train_loss']:.4f}", tok_s=f"{done[-1]['tokens_per_s']:.0f}",
+                            refresh=False)
+        if any(not _finite(r) for r in done):
+            status = "diverged"
+            break
+        if is_ckpt:
+            mngr.save(step, args=ocp.args.StandardSave(state))
+    mngr.wait_until_finished()
+    mngr.close()
+    if bar is not None:
+        bar.close()
+    rows = run.read_metrics()
+    last = rows[-1] if rows else {}
+    evals = [r for r in rows if "eval_loss" in r]
+    last_eval = evals[-1] if evals else {}
+    summary = {
+        "status": status,
+        "steps": last.get("step", start),
+        "tokens": last.get("tokens", start * tokens_per_step),
+        "flops": last.get("flops", 0),
+        "final_train_loss": last.get("train_loss"),
+        "final_eval_loss": last_eval.get("eval_loss"),
+        "final_eval_loss_se": last_eval.get("eval_loss_se"),
+        "data_entropy": entropy,
+        **({"final_eval_bpb": last_eval["eval_bpb"]} if "eval_bpb" in last_eval else {}),
+        **acc.as_dict(),
+        "compile_s": compile_s,
+        "tokens_per_s": _mean_rate(rows),
+        "wall_s": last.get("wall_s"),
+        "data": source.meta,
+    }
+    run.write_summary(summary)
+    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']:.4f}, "
+        f"eval loss {summary['final_eval_loss'] if summary['final_eval_loss'] is not None else 'n/a'}")
+    return summary
+
+
+def _finite(row: dict) -> bool:
+    return math.isfinite(row["train_loss"]) and math.isfinite(row["grad_norm"])
+
+
+def _mean_rate(rows: list[dict]) -> float | None:
+    """Steady-state tokens/s: the median of logged rates, robust to the first step's warm-up."""
+    rates = [r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r]
+    return float(np.median(rates)) if rates else None
