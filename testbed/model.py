@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from testbed import parametrization as P
 from testbed.config import Config
+from testbed.kernels import dense_dot_general
 
 
 def _normal(std: float):
@@ -24,7 +25,7 @@ def _dense(cfg: Config, features: int, fan_in: int, name: str, role: str = "hidd
     """A bias-free (by default) Dense whose init std comes from the parametrization table."""
     scale = P.role_scale(cfg, role, fan_in)
     return nn.Dense(features, use_bias=cfg.model.use_bias, kernel_init=_normal(scale.init_std),
-                    dtype=compute_dtype(cfg), param_dtype=jnp.float32, name=name)
+                    dtype=compute_dtype(cfg), param_dtype=jnp.float32, dot_general=dense_dot_general, name=name)
 
 
 def compute_dtype(cfg: Config):
