@@ -63,9 +63,9 @@ class ParamConfig:
 class DataConfig:
     source: str = "synthetic"  # synthetic | text
     seq_len: int = 128
-    eval_sequences: int = 64  # size of the fixed held-out eval set, in sequences
+    eval_sequences: int = 256  # size of the fixed held-out eval set, in sequences
     # synthetic: a Zipf-weighted mixture of sparse Markov "skills" (see testbed/data/synthetic.py)
-    n_skills: int = 4096
+    n_skills: int = 16384
     zipf_exponent: float = 1.3
     branching: int = 4
     skill_order: int = 1

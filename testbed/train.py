@@ -119,7 +119,8 @@ class Evaluator:
 def _checkpoint_manager(run: RunDir, cfg: Config):
     import orbax.checkpoint as ocp
 
-    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, create=True)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, create=True,
+                                        cleanup_tmp_directories=True)  # drop half-written saves of a killed run
     return ocp.CheckpointManager(run.checkpoint_dir.absolute(), options=opts)
 
 
@@ -268,8 +269,8 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
         "data": source.meta,
     }
     run.write_summary(summary)
-    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']:.4f}, "
-        f"eval loss {summary['final_eval_loss'] if summary['final_eval_loss'] is not None else 'n/a'}")
+    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']}, "
+        f"eval loss {summary['final_eval_loss']}")
     return summary
 
 

@@ -21,7 +21,8 @@ from testbed.train import init_state, make_train_step, train
 from .conftest import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
-FAST = ["model.d_model=32", "model.n_heads=2", "data.seq_len=32", "train.batch_size=8", "data.eval_sequences=16"]
+FAST = ["model.d_model=32", "model.n_heads=2", "data.seq_len=32", "train.batch_size=8", "data.eval_sequences=16",
+        "optim.lr=1e-2", "optim.warmup_steps=5"]
 
 CURVE_KEYS = ("step", "tokens", "flops", "lr", "train_loss", "grad_norm", "param_norm", "update_ratio")
 
@@ -40,7 +41,8 @@ def test_train_writes_complete_run_dir(tmp_path):
     rows = curve(run)
     assert [r["step"] for r in rows] == list(range(1, 31))
     assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20, 30]
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.3  # it learns
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert evals[-1] < evals[0] < math.log(256)  # it learns
     assert s["final_eval_loss"] == rows[-1]["eval_loss"]
     assert s["data_entropy"] is not None and 0 < s["data_entropy"] < math.log(256)
     assert s["final_eval_loss"] > s["data_entropy"]  # cannot beat the Bayes floor
@@ -56,17 +58,17 @@ def test_train_writes_complete_run_dir(tmp_path):
 
 
 def test_different_config_in_existing_run_dir_is_refused(tmp_path):
-    cfg = C.load(TINY, [*FAST, "train.steps=2"])
+    cfg = C.load(TINY, [*FAST, "train.steps=6"])
     train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
-    other = C.load(TINY, [*FAST, "train.steps=2", "optim.lr=0.1"])
+    other = C.load(TINY, [*FAST, "train.steps=6", "optim.lr=0.1"])
     with pytest.raises(C.ConfigError, match="optim.lr"):
         train(other, tmp_path / "run", progress=False, log=lambda _: None)
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
 
 
 def test_nan_loss_is_recorded_as_diverged(tmp_path):
-    cfg = C.load(TINY, [*FAST, "train.steps=40", "optim.lr=1e6", "optim.warmup_steps=0", "optim.grad_clip=null",
+    cfg = C.load(TINY, [*FAST, "train.steps=40", "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=null",
                         "optim.schedule=constant"])
     s = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert s["status"] == "diverged"
@@ -76,12 +78,12 @@ def test_nan_loss_is_recorded_as_diverged(tmp_path):
 
 
 def test_grad_accumulation_matches_full_batch():
-    base = C.load(TINY, [*FAST, "train.steps=3"])
-    accum = C.load(TINY, [*FAST, "train.steps=3", "train.grad_accum=4"])
+    base = C.load(TINY, [*FAST, "train.steps=6"])
+    accum = C.load(TINY, [*FAST, "train.steps=6", "train.grad_accum=4"])
     out = []
     for cfg in (base, accum):
         tx = make_optimizer(cfg, _params(cfg))
-        step = jax.jit(make_train_step(cfg, tx, schedules.from_config(cfg.optim, 3)))
+        step = jax.jit(make_train_step(cfg, tx, schedules.from_config(cfg.optim, 6)))
         state = init_state(cfg, tx)
         batch = np.random.default_rng(0).integers(0, 256, (8, 33)).astype(np.int32)
         A = cfg.train.grad_accum
@@ -91,7 +93,7 @@ def test_grad_accumulation_matches_full_batch():
     assert float(m1["train_loss"]) == pytest.approx(float(m2["train_loss"]), rel=1e-5)
     assert float(m1["grad_norm"]) == pytest.approx(float(m2["grad_norm"]), rel=1e-4)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=1e-5)  # one Adam step amplifies f32 summation-order noise
 
 
 def _params(cfg):
