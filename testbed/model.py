@@ -60,6 +60,29 @@ def rope(x_BxLxHxK, base: float):
     return (x_BxLxHxK * cos_Lx1xK + rotated * sin_Lx1xK).astype(x_BxLxHxK.dtype)
 
 
+def causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 128):
+    """Causal softmax attention (q pre-scaled), float32 logits, skipping key blocks above the diagonal.
+
+    Query block i attends only to keys [0, (i + 1) * block): with L = 256 that computes 3/4 of the L x L scores,
+    and fwd+bwd ran ~28% faster than the full masked product on CPU. Plain einsums rather than
+    jax.nn.dot_product_attention: faster on CPU here, and with float32 logits the fused GPU kernels would not
+    be picked anyway. FLOP accounting (shapes.py) still counts the full L x L, the usual convention.
+    """
+    L = q_BxLxHxK.shape[1]
+    n = L // block if L % block == 0 and L >= 2 * block else 1
+    c = L // n
+    outs = []
+    for i in range(n):
+        q_BxCxHxK = q_BxLxHxK[:, i * c:(i + 1) * c]
+        keys = slice(0, (i + 1) * c)
+        logits_BxHxCxS = jnp.einsum("bqhk,bthk->bhqt", q_BxCxHxK, k_BxLxHxK[:, keys])
+        causal_CxS = np.arange((i + 1) * c)[None, :] <= (i * c + np.arange(c))[:, None]
+        logits_BxHxCxS = jnp.where(causal_CxS, logits_BxHxCxS, -jnp.inf)
+        probs_BxHxCxS = jax.nn.softmax(logits_BxHxCxS, axis=-1)
+        outs.append(jnp.einsum("bhqt,bthk->bqhk", probs_BxHxCxS, v_BxLxHxK[:, keys]))
+    return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
     cfg: Config
 
@@ -76,11 +99,9 @@ class Attention(nn.Module):
         if m.pos == "rope":
             q_BxLxHxK = rope(q_BxLxHxK, m.rope_base)
             k_BxLxHxK = rope(k_BxLxHxK, m.rope_base)
-        # Logits and softmax in float32 (REFERENCE.md section 1); XLA/cuDNN pick the kernel per device.
         f32 = jnp.float32
-        out_BxLxHxK = jax.nn.dot_product_attention(
-            q_BxLxHxK.astype(f32), k_BxLxHxK.astype(f32), v_BxLxHxK.astype(f32),
-            scale=P.attn_scale(self.cfg), is_causal=True).astype(x_BxLxD.dtype)
+        out_BxLxHxK = causal_attention(q_BxLxHxK.astype(f32) * P.attn_scale(self.cfg), k_BxLxHxK.astype(f32),
+                                       v_BxLxHxK.astype(f32)).astype(x_BxLxD.dtype)
         return _dense(self.cfg, D, H * K, "out")(out_BxLxHxK.reshape(B, L, H * K))
 
 

@@ -115,3 +115,19 @@ def test_ladder_consistent_shapes():
     assert fixed == {"d_model": 96, "n_layers": 3, "n_heads": 3, "head_dim": 32, "d_ff": 384}
     cfg = C.load(None, ["train.steps=1", *[f"model.{k}={v}" for k, v in rungs[1].items()]])
     assert shapes.count(cfg).params_total > 0
+
+
+@pytest.mark.parametrize("L, block", [(256, 128), (256, 64), (96, 32), (100, 64)])
+def test_blocked_causal_attention_equals_full_masked_softmax(L, block):
+    from testbed.model import causal_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, L, 3, 8)) for i in range(3))
+    logits = jnp.einsum("bqhk,bthk->bhqt", q, k)
+    logits = jnp.where(np.tril(np.ones((L, L), bool)), logits, -jnp.inf)
+    ref = jnp.einsum("bhqt,bthk->bqhk", jax.nn.softmax(logits, -1), v)
+    np.testing.assert_allclose(causal_attention(q, k, v, block), ref, rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda q: jnp.sum(causal_attention(q, k, v, block) ** 2))(q)
+    g_ref = jax.grad(lambda q: jnp.sum(jnp.einsum(
+        "bhqt,bthk->bqhk", jax.nn.softmax(jnp.where(np.tril(np.ones((L, L), bool)),
+                                                    jnp.einsum("bqhk,bthk->bhqt", q, k), -jnp.inf), -1), v) ** 2))(q)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
