@@ -46,9 +46,10 @@ def matmul_peak_flops(dtype=jnp.float32, sizes: tuple[int, ...] | None = None, r
 def bench_train_step(cfg: Config, steps: int = 10) -> dict:
     """Times the compiled train step on random tokens (excluding compile) and reports MFU."""
     acc = shapes.count(cfg)
-    tx = make_optimizer(cfg, init_params(cfg, jax.random.key(cfg.seed)))
+    params = init_params(cfg, jax.random.key(cfg.seed))
+    tx = make_optimizer(cfg, params)
     step_fn = make_train_step(cfg, tx, schedules.from_config(cfg.optim, max(cfg.total_steps, steps + 2)))
-    state = init_state(cfg, tx)
+    state = init_state(cfg, tx, params)
     A, B, L = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len
     rng = np.random.default_rng(cfg.seed)
     batch = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (A, B, L + 1), dtype=np.int32))

@@ -28,19 +28,21 @@ from testbed.runstore import RunDir
 TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
 
 
-def loss_fn(params, tokens_BxLp1, cfg: Config):
-    """Mean next-token cross-entropy (+ z-loss) in float32; returns (loss, cross-entropy)."""
+def token_nll(params, tokens_BxLp1, cfg: Config):
+    """Per-token next-token negative log-likelihood and log-partition, in float32."""
     inputs_BxL, targets_BxL = tokens_BxLp1[:, :-1], tokens_BxLp1[:, 1:]
     logits_BxLxV = Transformer(cfg).apply({"params": params}, inputs_BxL)
     logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    ce = jnp.mean(logz_BxL - target_logit_BxL)
+    return logz_BxL - target_logit_BxL, logz_BxL
+
+
+def loss_fn(params, tokens_BxLp1, cfg: Config):
+    """Mean next-token cross-entropy (+ z-loss); returns (loss, cross-entropy)."""
+    nll_BxL, logz_BxL = token_nll(params, tokens_BxLp1, cfg)
+    ce = jnp.mean(nll_BxL)
     loss = ce + cfg.model.z_loss * jnp.mean(logz_BxL**2) if cfg.model.z_loss else ce
     return loss, ce
-
-
-def _global_norm(tree) -> jnp.ndarray:
-    return optax.tree.norm(tree)
 
 
 def make_train_step(cfg: Config, tx: optax.GradientTransformation, schedule: schedules.Schedule) -> Callable:
@@ -64,10 +66,10 @@ def make_train_step(cfg: Config, tx: optax.GradientTransformation, schedule: sch
         opt_state = inject(cfg, state["opt_state"], lr, hparams)
         updates, opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        param_norm = _global_norm(new_params)
+        param_norm = optax.tree.norm(new_params)
         metrics = {
-            "train_loss": ce, "loss_with_zloss": loss, "lr": lr, "grad_norm": _global_norm(grads),
-            "param_norm": param_norm, "update_ratio": _global_norm(updates) / param_norm,
+            "train_loss": ce, "loss_with_zloss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads),
+            "param_norm": param_norm, "update_ratio": optax.tree.norm(updates) / param_norm,
         }
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
@@ -78,17 +80,15 @@ def make_eval_step(cfg: Config) -> Callable:
     """Per-sequence mean cross-entropy for a [B, L+1] chunk; sequence means give a proper standard error."""
 
     def eval_step(params, tokens_BxLp1):
-        inputs_BxL, targets_BxL = tokens_BxLp1[:, :-1], tokens_BxLp1[:, 1:]
-        logits_BxLxV = Transformer(cfg).apply({"params": params}, inputs_BxL)
-        logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-        nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-        return jnp.mean(nll_BxL, axis=-1)
+        return jnp.mean(token_nll(params, tokens_BxLp1, cfg)[0], axis=-1)
 
     return eval_step
 
 
-def init_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
-    params = init_params(cfg, jax.random.key(cfg.seed))
+def init_state(cfg: Config, tx: optax.GradientTransformation, params=None) -> TrainState:
+    """Fresh state; pass `params` when they were already initialized (e.g. to build `tx`)."""
+    if params is None:
+        params = init_params(cfg, jax.random.key(cfg.seed))
     return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
 
 
@@ -161,11 +161,12 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     acc = shapes.count(cfg)
     total = cfg.total_steps
     tokens_per_step = cfg.tokens_per_step
-    tx = make_optimizer(cfg, init_params(cfg, jax.random.key(cfg.seed)))
+    params = init_params(cfg, jax.random.key(cfg.seed))
+    tx = make_optimizer(cfg, params)
     schedule = schedules.from_config(cfg.optim, total)
     hparams = default_hparams(cfg)
     mngr = _checkpoint_manager(run, cfg)
-    state, start = _restore(mngr, init_state(cfg, tx))
+    state, start = _restore(mngr, init_state(cfg, tx, params))
     rows = run.truncate_metrics(start)
     wall0 = rows[-1]["wall_s"] if rows else 0.0
     if start:
