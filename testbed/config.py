@@ -39,6 +39,7 @@ class ModelConfig:
     init_std: float = 0.02  # sigma_base: std of hidden matrices at the base width
     emb_std: float = 0.02  # std of token / position embeddings (constant in width)
     zero_init_readout: bool = False
+    zero_init_query: bool = False  # zero the query third of the fused QKV kernel (optional under muP)
     norm_eps: float = 1e-6
 
     @property
@@ -50,13 +51,26 @@ class ModelConfig:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
 
+def _perlayer_c() -> dict[str, float]:
+    return {"embedding": 0.0, "hidden": 1.0, "readout": 1.0, "vector": 0.0}
+
+
 @dataclass
 class ParamConfig:
-    """Parametrization: which row of the table in parametrization.py scales init, LR and WD per role."""
+    """Parametrization: which row of the table in parametrization.py scales init, LR, WD and eps per role.
 
-    name: str = "sp"
+    Every rule reduces to SP exactly at d_model = base_width and n_layers = base_depth.
+    """
+
+    name: str = "sp"  # sp | mup | depth_mup (alpha 0.5) | completep (alpha 1) | sp_perlayer
     base_width: int = 128  # d_base: width multiplier m = d_model / base_width
     base_depth: int = 2  # L_base: depth multiplier m_L = n_layers / base_depth
+    base_head_dim: int | None = None  # head size at the base width (null: the model's, i.e. heads grow with width)
+    alpha_in: float = 1.0  # embedding output multiplier
+    alpha_out: float = 1.0  # readout multiplier (muP: alpha_out / m)
+    alpha_attn: float = 1.0  # attention-logit multiplier (SP: / sqrt(d_head); muP: * sqrt(d_base) / d_head)
+    sp_init: str = "constant"  # sp, sp_perlayer hidden init: constant sigma_base (GPT-2) | fan_in (sigma / sqrt(m))
+    perlayer_c: dict[str, float] = field(default_factory=_perlayer_c)  # sp_perlayer LR exponents c_g per role
 
 
 @dataclass
@@ -86,8 +100,13 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    eps_rule: str = "fixed"  # fixed | scaled (CompleteP: eps / m_in, x m_L^-alpha in blocks) | atan2 (no eps)
+    atan2_a: float = 1.2732395447351628  # Adam-atan2: update = a * atan2(m_hat, b * sqrt(v_hat)); a = 4 / pi
+    atan2_b: float = 1.0
     weight_decay: float = 0.0
     wd_convention: str = "coupled"  # coupled (optax/PyTorch: eta_t*lambda) | independent (s_t*lambda_ind)
+    wd_rule: str = "none"  # how lambda scales with width: none | constant_tau | sqrt | timescale
+    tau_frac: float | None = None  # wd_rule=timescale: tau_iter = 1 / (eta * lambda) as a fraction of the steps
     decay_embeddings: bool = True
     decay_vectors: bool = False
     grad_clip: float | None = 1.0  # global-norm clip; null disables
@@ -111,6 +130,7 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    sigma_every: int | None = None  # top singular value of every matrix every k steps (null: at evals; 0: never)
 
 
 @dataclass
@@ -138,7 +158,10 @@ CHOICES = {
     "model.norm": ("rmsnorm", "layernorm"),
     "model.pos": ("rope", "learned"),
     "model.mlp": ("gelu", "swiglu"),
-    "param.name": ("sp",),
+    "param.name": ("sp", "mup", "depth_mup", "completep", "sp_perlayer"),
+    "param.sp_init": ("constant", "fan_in"),
+    "optim.eps_rule": ("fixed", "scaled", "atan2"),
+    "optim.wd_rule": ("none", "constant_tau", "sqrt", "timescale"),
     "data.source": ("synthetic", "text"),
     "data.format": ("auto", "text", "json", "parquet", "hub"),
     "data.tokenizer": ("byte", "bpe"),
@@ -341,6 +364,25 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key}.{role}: unknown role; roles are {', '.join(ROLES)}")
             if v < 0:
                 raise ConfigError(f"{key}.{role}: must be >= 0, got {v}")
+    for role in cfg.param.perlayer_c:
+        if role not in ROLES:
+            raise ConfigError(f"param.perlayer_c.{role}: unknown role; roles are {', '.join(ROLES)}")
+    if cfg.param.base_head_dim is not None and cfg.param.base_head_dim <= 0:
+        raise ConfigError(f"param.base_head_dim: must be positive (or null), got {cfg.param.base_head_dim}")
+    if o.wd_rule == "timescale":
+        if o.tau_frac is None or o.tau_frac <= 0:
+            raise ConfigError("optim.tau_frac: optim.wd_rule=timescale sets lambda = 1 / (eta * tau_frac * steps); "
+                              f"set tau_frac > 0 (e.g. 0.2), got {o.tau_frac}")
+        if o.weight_decay:
+            raise ConfigError("optim.weight_decay: with optim.wd_rule=timescale lambda comes from optim.tau_frac; "
+                              "set weight_decay to 0")
+    elif o.tau_frac is not None:
+        raise ConfigError(f"optim.tau_frac: only used with optim.wd_rule=timescale (wd_rule is {o.wd_rule!r}); "
+                          "set it to null or set wd_rule: timescale")
+    if o.eps_rule == "atan2" and (o.atan2_a <= 0 or o.atan2_b <= 0):
+        raise ConfigError("optim.atan2_a / optim.atan2_b: must be positive")
+    if t.sigma_every is not None and t.sigma_every < 0:
+        raise ConfigError(f"train.sigma_every: must be >= 0 (0 disables) or null, got {t.sigma_every}")
     if m.z_loss < 0:
         raise ConfigError(f"model.z_loss: must be >= 0, got {m.z_loss}")
     if d.source == "text" and not d.path:

@@ -21,11 +21,26 @@ def _normal(std: float):
     return nn.initializers.zeros_init() if std == 0 else nn.initializers.normal(std)
 
 
-def _dense(cfg: Config, features: int, fan_in: int, name: str, role: str = "hidden") -> nn.Dense:
+def _zero_first_columns(init, n: int):
+    """`init` with the first n output columns zeroed (a zero-init query inside the fused QKV kernel)."""
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype).at[:, :n].set(0)
+
+
+def _dense(cfg: Config, features: int, fan_in: int, name: str, role: str = "hidden",
+           zero_cols: int = 0) -> nn.Dense:
     """A bias-free (by default) Dense whose init std comes from the parametrization table."""
-    scale = P.role_scale(cfg, role, fan_in)
-    return nn.Dense(features, use_bias=cfg.model.use_bias, kernel_init=_normal(scale.init_std),
-                    dtype=compute_dtype(cfg), param_dtype=jnp.float32, dot_general=dense_dot_general, name=name)
+    scale = P.role_scale(cfg, role, fan_in, in_block=role == "hidden")
+    init = _normal(scale.init_std)
+    if zero_cols:
+        init = _zero_first_columns(init, zero_cols)
+    return nn.Dense(features, use_bias=cfg.model.use_bias, kernel_init=init, dtype=compute_dtype(cfg),
+                    param_dtype=jnp.float32, dot_general=dense_dot_general, name=name)
+
+
+def record(module: nn.Module, name: str, x) -> None:
+    """Sows mean |x| into 'intermediates' for the coordinate check; free (not even traced) in training."""
+    if module.is_mutable_collection("intermediates"):
+        module.sow("intermediates", name, jnp.mean(jnp.abs(x.astype(jnp.float32))))
 
 
 def compute_dtype(cfg: Config):
@@ -95,7 +110,7 @@ class Attention(nn.Module):
         m = self.cfg.model
         B, L, D = x_BxLxD.shape
         H, K = m.n_heads, m.resolved_head_dim
-        qkv_BxLx3HK = _dense(self.cfg, 3 * H * K, D, "qkv")(x_BxLxD)
+        qkv_BxLx3HK = _dense(self.cfg, 3 * H * K, D, "qkv", zero_cols=H * K if m.zero_init_query else 0)(x_BxLxD)
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = jnp.split(qkv_BxLx3HK.reshape(B, L, 3 * H, K), 3, axis=2)
         if m.qk_norm:
             q_BxLxHxK = Norm(self.cfg, name="q_norm")(q_BxLxHxK)
@@ -104,8 +119,12 @@ class Attention(nn.Module):
             q_BxLxHxK = rope(q_BxLxHxK, m.rope_base)
             k_BxLxHxK = rope(k_BxLxHxK, m.rope_base)
         f32 = jnp.float32
-        out_BxLxHxK = causal_attention(q_BxLxHxK.astype(f32) * P.attn_scale(self.cfg), k_BxLxHxK.astype(f32),
-                                       v_BxLxHxK.astype(f32)).astype(x_BxLxD.dtype)
+        q_BxLxHxK = q_BxLxHxK.astype(f32) * P.attn_scale(self.cfg)
+        if self.is_mutable_collection("intermediates"):  # the coordinate check's attention logits
+            logits_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK, k_BxLxHxK.astype(f32))
+            causal_LxL = np.tril(np.ones((L, L), bool))
+            record(self, "attn_logits", logits_BxHxLxL[..., causal_LxL])
+        out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK.astype(f32), v_BxLxHxK.astype(f32)).astype(x_BxLxD.dtype)
         return _dense(self.cfg, D, H * K, "out")(out_BxLxHxK.reshape(B, L, H * K))
 
 
@@ -130,8 +149,13 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD):
         r = P.residual_mult(self.cfg)
-        x_BxLxD = x_BxLxD + r * Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_BxLxD))
-        x_BxLxD = x_BxLxD + r * Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BxLxD))
+        attn_BxLxD = Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_BxLxD))
+        record(self, "attn_out", attn_BxLxD)
+        x_BxLxD = x_BxLxD + r * attn_BxLxD
+        mlp_BxLxD = Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_BxLxD))
+        record(self, "mlp_out", mlp_BxLxD)
+        x_BxLxD = x_BxLxD + r * mlp_BxLxD
+        record(self, "residual", x_BxLxD)
         return x_BxLxD
 
 
@@ -152,6 +176,7 @@ class Transformer(nn.Module):
             pos_LxD = self.param("pos_embed", _normal(emb.init_std), (cfg.data.seq_len, m.d_model))
             x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dt)
         x_BxLxD = x_BxLxD * emb.forward_mult
+        record(self, "embedding", x_BxLxD)
         for i in range(m.n_layers):
             x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
         x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
@@ -161,6 +186,7 @@ class Transformer(nn.Module):
             readout = P.role_scale(cfg, "readout", m.d_model)
             logits_BxLxV = _dense(cfg, m.vocab_size, m.d_model, "readout", "readout")(x_BxLxD)
             logits_BxLxV = logits_BxLxV * readout.forward_mult
+        record(self, "logits", logits_BxLxV)
         return logits_BxLxV.astype(jnp.float32)
 
 
@@ -176,6 +202,11 @@ def role_of(path: tuple[str, ...]) -> str:
 def param_roles(params) -> dict:
     """A tree like `params` holding each leaf's role."""
     return jax.tree_util.tree_map_with_path(lambda p, _: role_of(tuple(k.key for k in p)), params)
+
+
+def param_in_block(params) -> dict:
+    """A tree like `params`: True for parameters inside a residual block (depth rules scale them)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: str(p[0].key).startswith("block_"), params)
 
 
 def param_fan_ins(params) -> dict:

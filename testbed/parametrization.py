@@ -1,13 +1,19 @@
 """The one table from (parametrization, role, width/depth multipliers) to init, forward, LR, WD and eps scales.
 
-The model reads `init_std`, `forward_mult` and `attn_scale`; the optimizer reads `lr_mult`, `wd_mult` and
-`eps_mult`. Nothing else decides how a parameter scales with width, so adding muP / CompleteP is a matter of
-adding rows here (a later issue), not a rewrite of the model or optimizer.
+The model reads `init_std`, `forward_mult`, `attn_scale` and `residual_mult`; the optimizer reads `lr_mult`,
+`wd_mult` and `eps_mult`. Nothing else decides how a parameter scales with width or depth.
+
+Notation (REFERENCE.md section 1): m = d_model / base_width; m_in = fan_in / base fan-in (every hidden fan-in
+of this family, d_model, n_heads * head_dim and d_ff, scales with d_model, so m_in = m); m_L = n_layers /
+base_depth; alpha = residual-branch exponent (0 for sp/mup, 0.5 depth_mup, 1 completep).
+
+Every entry is SP's value times width/depth factors that are exactly 1.0 at m = m_L = 1, so all
+parametrizations coincide bitwise with SP at the base shape (tests/test_parametrization.py checks it).
 
 Roles:
   embedding  token / position lookup tables (fan-in 1)
   hidden     matrices inside blocks (QKV, attention out, MLP in/gate/out); fan-in = kernel.shape[0]
-  vector     norm gains and biases
+  vector     norm gains and biases (`in_block`: inside a residual block, which depth rules treat apart)
   readout    the untied output matrix (a tied readout shares the embedding and its role)
 """
 
@@ -16,9 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from testbed.config import Config
+from testbed.config import ROLES, Config
 
-ROLES = ("embedding", "hidden", "vector", "readout")
+PARAMETRIZATIONS = ("sp", "mup", "depth_mup", "completep", "sp_perlayer")
+DEPTH_ALPHA = {"sp": 0.0, "sp_perlayer": 0.0, "mup": 0.0, "depth_mup": 0.5, "completep": 1.0}
+MUP_FAMILY = ("mup", "depth_mup", "completep")
+DEPTH_RULES = ("depth_mup", "completep")
 
 
 @dataclass(frozen=True)
@@ -27,9 +36,9 @@ class RoleScale:
 
     init_std: float  # 0 means zero-init; vectors use their own fixed init (1 for gains, 0 for biases)
     forward_mult: float  # multiplier applied to the layer's output in the forward pass
-    lr_mult: float  # multiplier of the peak LR
-    wd_mult: float  # multiplier of the configured weight decay (0 = not decayed)
-    eps_mult: float  # multiplier of Adam's eps
+    lr_mult: float  # multiplier of the peak LR (parametrization x user's optim.lr_mult)
+    wd_mult: float  # multiplier of the coupled weight decay (0 = not decayed); includes optim.wd_rule
+    eps_mult: float  # multiplier of Adam's eps (1 unless optim.eps_rule = scaled)
 
 
 def width_mult(cfg: Config) -> float:
@@ -40,30 +49,101 @@ def depth_mult(cfg: Config) -> float:
     return cfg.model.n_layers / cfg.param.base_depth
 
 
-def role_scale(cfg: Config, role: str, fan_in: int = 1) -> RoleScale:
-    """The table. Standard parametrization (SP): every width/depth multiplier is 1."""
-    if cfg.param.name != "sp":
-        raise ValueError(f"param.name: {cfg.param.name!r} is not implemented")
-    m, o = cfg.model, cfg.optim
-    user_lr = o.lr_mult.get(role, 1.0)
-    user_wd = o.wd_mult.get(role, 1.0)
-    if role == "embedding":
-        return RoleScale(m.emb_std, 1.0, user_lr, user_wd * float(o.decay_embeddings), 1.0)
+def depth_alpha(cfg: Config) -> float:
+    return DEPTH_ALPHA[cfg.param.name]
+
+
+def _width_lr(cfg: Config, role: str, in_block: bool) -> float:
+    """The parametrization's own LR factor (before user multipliers): 1 at m = m_L = 1."""
+    p, m = cfg.param, width_mult(cfg)
+    if p.name == "sp":
+        return 1.0
+    if p.name == "sp_perlayer":  # Everett et al. 2024: eta_g = eta * gamma_g * m^-c_g (gamma_g = optim.lr_mult)
+        return m ** -p.perlayer_c.get(role, 0.0)
+    # depth_mup / completep: x m_L^(alpha - 1) inside blocks; plain muP has no depth rule (factor 1)
+    depth = depth_mult(cfg) ** (depth_alpha(cfg) - 1.0) if p.name in DEPTH_RULES else 1.0
     if role == "hidden":
-        return RoleScale(m.init_std, 1.0, user_lr, user_wd, 1.0)
+        return (1.0 / m) * depth
+    if role == "vector" and in_block:
+        return depth
+    return 1.0
+
+
+def _eps_factor(cfg: Config, role: str, in_block: bool) -> float:
+    """CompleteP's eps rule: eps / m_in for hidden matrices, times m_L^-alpha for residual-block params."""
+    if cfg.optim.eps_rule != "scaled" or cfg.param.name not in MUP_FAMILY:
+        return 1.0
+    m_L, a = depth_mult(cfg), depth_alpha(cfg)
+    if role == "hidden":
+        return (1.0 / width_mult(cfg)) * m_L ** -a
+    if role == "vector" and in_block:
+        return m_L ** -a
+    return 1.0
+
+
+def _wd_rule_factor(cfg: Config, role: str, in_block: bool, lr_total: float) -> float:
+    """optim.wd_rule (REFERENCE.md section 2) as a multiplier of the coupled lambda of one group.
+
+    constant_tau: eta_g * lambda_g constant across width/depth (lambda * m_in for muP hidden matrices).
+    sqrt:         lambda * sqrt(m_in) for hidden matrices (Fan et al. 2025).
+    timescale:    lambda_g = 1 / (tau_iter * eta_g), with tau_iter = tau_frac * steps (Wang & Aitchison);
+                  the coupled lambda fed in is 1 / (tau_iter * eta) (see optim.coupled_decay), so here 1/lr_g.
+    """
+    rule = cfg.optim.wd_rule
+    if rule == "constant_tau":
+        return 1.0 / _width_lr(cfg, role, in_block)
+    if rule == "sqrt":
+        return math.sqrt(width_mult(cfg)) if role == "hidden" else 1.0
+    if rule == "timescale":
+        return 1.0 / lr_total
+    return 1.0
+
+
+def role_scale(cfg: Config, role: str, fan_in: int = 1, in_block: bool = False) -> RoleScale:
+    """The table. SP is every factor at 1; the muP family and sp_perlayer multiply in their factors."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+    md, o, p = cfg.model, cfg.optim, cfg.param
+    m = width_mult(cfg)
+    mup = p.name in MUP_FAMILY
+    lr_total = o.lr_mult.get(role, 1.0) * _width_lr(cfg, role, in_block)
+    decayed = {"embedding": o.decay_embeddings, "vector": o.decay_vectors}.get(role, True)
+    wd = o.wd_mult.get(role, 1.0) * float(decayed)
+    if wd:
+        wd *= _wd_rule_factor(cfg, role, in_block, lr_total)
+    eps = _eps_factor(cfg, role, in_block)
+    if role == "embedding":
+        return RoleScale(md.emb_std, p.alpha_in, lr_total, wd, eps)
+    if role == "hidden":
+        fan_in_init = mup or p.sp_init == "fan_in"
+        std = md.init_std / math.sqrt(m) if fan_in_init else md.init_std
+        return RoleScale(std, 1.0, lr_total, wd, eps)
     if role == "vector":
-        return RoleScale(1.0, 1.0, user_lr, user_wd * float(o.decay_vectors), 1.0)
-    if role == "readout":
-        std = 0.0 if m.zero_init_readout else m.init_std
-        return RoleScale(std, 1.0, user_lr, user_wd, 1.0)
-    raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+        return RoleScale(1.0, 1.0, lr_total, wd, eps)
+    # readout: zero-init optional; muP (Table 8) divides its output by m and keeps init and LR width-constant
+    std = 0.0 if md.zero_init_readout else md.init_std
+    return RoleScale(std, p.alpha_out / m if mup else p.alpha_out, lr_total, wd, eps)
 
 
 def attn_scale(cfg: Config) -> float:
-    """Multiplier of q.k: 1/sqrt(d_head) in SP."""
-    return 1.0 / math.sqrt(cfg.model.resolved_head_dim)
+    """Multiplier of q.k: alpha_attn / sqrt(d_head) in SP; muP's alpha_attn * sqrt(d_base) / d_head.
+
+    Written as SP's value times sqrt(K_base / K), which is exactly 1.0 at the base head size.
+    """
+    K = cfg.model.resolved_head_dim
+    sp = cfg.param.alpha_attn / math.sqrt(K)
+    if cfg.param.name not in MUP_FAMILY:
+        return sp
+    K_base = cfg.param.base_head_dim or K
+    return sp * math.sqrt(K_base / K)
 
 
 def residual_mult(cfg: Config) -> float:
-    """Multiplier of each residual branch (1 in SP; m_L^-alpha under depth-muP/CompleteP)."""
-    return 1.0
+    """Multiplier of each residual branch: m_L^-alpha (1 for sp/mup)."""
+    return depth_mult(cfg) ** -depth_alpha(cfg)
+
+
+def describe(cfg: Config) -> dict:
+    """The table's scalars for this config, for run directories and `testbed info`."""
+    return {"name": cfg.param.name, "width_mult": width_mult(cfg), "depth_mult": depth_mult(cfg),
+            "depth_alpha": depth_alpha(cfg), "attn_scale": attn_scale(cfg), "residual_mult": residual_mult(cfg)}
