@@ -76,6 +76,70 @@ def cmd_fetch_corpus(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from testbed.launch import sweep
+
+    if args.dry_run:
+        rows = sweep.describe(sweep.expand(args.sweep), args.out)
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            print(sweep.format_table(rows))
+            flops = sum(r["flops"] for r in rows)
+            print(f"{len(rows)} runs, {sum(r['status'] in sweep.DONE for r in rows)} done, "
+                  f"{flops:.3g} training FLOPs in all (dry run: nothing written)", file=sys.stderr)
+        return 0
+    if not args.out:
+        raise C.ConfigError("--out: pass a sweep directory, e.g. --out runs/transfer_lr (or use --dry-run)")
+    summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers)
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
+
+
+def cmd_transfer(args) -> int:
+    from testbed.analysis import transfer
+
+    table = transfer.load_runs(args.sweep_dir, metric=args.metric)
+    result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap)
+    if args.plot:
+        result["plot"] = str(transfer.plot_transfer(result, table, args.plot))
+    print(json.dumps(result) if args.json else transfer.format_report(result))
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 64,128,256, got {text!r}") from None
+
+
+def cmd_coordcheck(args) -> int:
+    if args.param:
+        args.overrides = [*args.overrides, f"param.name={args.param}"]
+    cfg = _load(args)
+    from testbed.diagnostics import coord_check
+
+    widths = args.widths if args.widths or args.depths else [64, 128, 256, 512]
+    result = coord_check(cfg, widths=widths if not args.depths else None, depths=args.depths, steps=args.steps,
+                         seeds=args.seeds, lr=args.lr, batch_size=args.batch_size, seq_len=args.seq_len,
+                         progress=lambda s: print(s, file=sys.stderr))
+    if args.plot:
+        from testbed.analysis.plots import plot_coordcheck
+
+        result["plot"] = str(plot_coordcheck(result, args.plot))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, mod in result["modules"].items():
+            mark = "" if mod["checked"] else " (not checked)"
+            print(f"{name:12s} slope/step {' '.join(f'{s:+.2f}' for s in mod['slope'])}  "
+                  f"worst 4x ratio {mod['worst_ratio_4x']:.3f}{mark}")
+        w = result["worst_ratio_4x"]
+        print(f"{'PASSED' if result['passed'] else 'FAILED'}: worst 4x ratio {w['ratio']:.3f} ({w['module']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +165,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["shakespeare"])
     p.add_argument("--out", default="data/shakespeare")
     p.set_defaults(fn=cmd_fetch_corpus)
+
+    p = sub.add_parser("sweep", help="expand a sweep file into runs and train them (skips completed runs)")
+    p.add_argument("sweep", help="YAML sweep file, e.g. configs/transfer_lr.yaml")
+    p.add_argument("--out", help="sweep directory: one run directory per run id, manifest.json, sweep.yaml")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once (CPU cores are split among them)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (N, D, FLOPs, status); write nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: a JSON list instead of a table")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("transfer", help="LR/WD transfer across width or depth, from a sweep's run directories")
+    p.add_argument("sweep_dir", help="directory whose subdirectories are run directories")
+    p.add_argument("--hp", default="optim.lr", help="the swept hyperparameter (default optim.lr)")
+    p.add_argument("--axis", default="model.d_model", help="the scaled dimension (default model.d_model)")
+    p.add_argument("--metric", default="final_eval_loss", help="final_eval_loss | final_train_loss")
+    p.add_argument("--bootstrap", type=int, default=1000, help="seed resamples for the CI of log2 opt (0: none)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)")
+    p.set_defaults(fn=cmd_transfer)
+
+    p = sub.add_parser("coordcheck", help="muP coordinate check: activation size vs width (or depth) over steps")
+    _add_config_args(p)
+    p.add_argument("--param", help="parametrization (sets param.name): sp, mup, depth_mup, completep, sp_perlayer")
+    p.add_argument("--widths", type=_int_list, help="comma-separated d_model values (default 64,128,256,512)")
+    p.add_argument("--depths", type=_int_list, help="comma-separated n_layers values: a depth check instead")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--lr", type=float, help="peak LR (default: the config's; use a large one)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences in the fixed batch (default 1)")
+    p.add_argument("--seq-len", type=int, default=16,
+                   help="tokens per sequence (default 16: muP's limit needs width >> tokens in the batch)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="write the panel figure here (.png, .svg or .pdf)")
+    p.set_defaults(fn=cmd_coordcheck)
     return parser
 
 

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import schedules, shapes
+from testbed import parametrization, schedules, shapes, spectral
 from testbed.config import Config, ConfigError
 from testbed.data import Source, make_source
 from testbed.model import Transformer, init_params
-from testbed.optim import default_hparams, inject, make_optimizer
+from testbed.optim import default_hparams, group_labels, group_table, inject, make_optimizer
 from testbed.runstore import RunDir
 
 TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
@@ -184,6 +184,8 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     compile_s = time.perf_counter() - t0
     evaluator = Evaluator(cfg, source)
     entropy = evaluator.eval.entropy
+    sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
+    sv = spectral.SingularValues(params) if sigma_every else None
 
     import orbax.checkpoint as ocp
 
@@ -197,7 +199,7 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     t_start = time.perf_counter()
     t_prev, tok_prev = t_start, start * tokens_per_step
 
-    def finish(step: int, metrics, ev) -> dict:
+    def finish(step: int, metrics, ev, sig) -> dict:
         """Turns step's device metrics (and eval) into a logged row; blocks until they are ready."""
         nonlocal t_prev, tok_prev
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -214,6 +216,8 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
             row.update(evaluator.finish(ev))
             if entropy is not None:
                 row["eval_excess"] = row["eval_loss"] - entropy
+        if sig is not None:
+            row["sigma_max"] = sv.finish(sig)
         return row
 
     def keep(row: dict) -> bool:
@@ -227,10 +231,12 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
         state, metrics = step_fn(state, batch, hparams)
         is_eval = step % cfg.train.eval_every == 0 or step == total
         ev = evaluator.dispatch(state["params"]) if is_eval else None
+        is_sigma = sv is not None and (step % sigma_every == 0 or step == total)
+        sig = sv.dispatch(state["params"]) if is_sigma else None
         if step < total:
             batch = batch_at(step)  # host-side data work overlaps the device step
         done = [finish(*inflight)] if inflight is not None else []  # step - 1, read while step runs
-        inflight = (step, metrics, ev)
+        inflight = (step, metrics, ev, sig)
         is_ckpt = step % cfg.train.checkpoint_every == 0 or step == total
         if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
             done.append(finish(*inflight))
@@ -253,6 +259,10 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     last = rows[-1] if rows else {}
     evals = [r for r in rows if "eval_loss" in r]
     last_eval = evals[-1] if evals else {}
+    groups = group_table(cfg, params)
+    sigmas = [r["sigma_max"] for r in rows if "sigma_max" in r]
+    labels = {"/".join(str(k.key) for k in p): lbl
+              for p, lbl in jax.tree_util.tree_leaves_with_path(group_labels(params))}
     summary = {
         "status": status,
         "steps": last.get("step", start),
@@ -266,6 +276,10 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
         **acc.as_dict(),
         "compile_s": compile_s,
         "tokens_per_s": _mean_rate(rows),
+        "parametrization": parametrization.describe(cfg),
+        "param_groups": groups,  # per group: effective peak LR, coupled lambda, eps, tau_iter = 1/(eta*lambda)
+        **({"final_sigma_max": sigmas[-1],
+            "final_sigma_normalized": spectral.normalized_sigma(cfg, sigmas[-1], labels, groups)} if sigmas else {}),
         "wall_s": last.get("wall_s"),
         "data": source.meta,
     }

@@ -33,7 +33,8 @@ def curve(run_dir):
 
 
 def test_train_writes_complete_run_dir(tmp_path):
-    cfg = C.load(TINY, [*FAST, "train.steps=30", "train.eval_every=10", "train.checkpoint_every=10"])
+    cfg = C.load(TINY, [*FAST, "train.steps=30", "train.eval_every=10", "train.checkpoint_every=10",
+                        "optim.weight_decay=0.1", "train.sigma_every=15"])
     s = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     run = tmp_path / "run"
     assert s["status"] == "completed" and s["steps"] == 30 and s["tokens"] == 30 * 8 * 32
@@ -50,6 +51,16 @@ def test_train_writes_complete_run_dir(tmp_path):
     np.testing.assert_allclose([r["lr"] for r in rows], [cfg.optim.lr * float(sched(i)) for i in range(30)],
                                rtol=1e-6)
     assert s["flops"] == s["tokens"] * s["flops_per_token"]
+    # the weight-decay diagnostics: sigma_max every 15 steps (and at the end), tau_iter per group
+    raw = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in raw if "sigma_max" in r] == [15, 30]
+    assert set(raw[-1]["sigma_max"]) >= {"block_0/mlp/up/kernel", "readout/kernel", "embed/embedding"}
+    assert s["final_sigma_max"] == raw[-1]["sigma_max"]
+    hidden = s["param_groups"]["hidden:32"]
+    assert hidden["tau_iter"] == pytest.approx(1 / (1e-2 * 0.1)) and s["param_groups"]["vector:1"]["tau_iter"] is None
+    norm = s["final_sigma_normalized"]["block_0/mlp/up/kernel"]
+    assert norm == pytest.approx(raw[-1]["sigma_max"]["block_0/mlp/up/kernel"] / (math.sqrt(1e-2 / 0.1) * 32 ** 0.75))
+    assert s["parametrization"]["name"] == "sp" and s["parametrization"]["residual_mult"] == 1.0
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20, 30]
     # a completed run is not trained again
     again = train(cfg, run, progress=False, log=lambda _: None)
