@@ -41,17 +41,30 @@ def cmd_train(args) -> int:
 
 def cmd_info(args) -> int:
     cfg = _load(args)
-    from testbed import shapes
+    import jax
+
+    from testbed import parametrization, shapes
+    from testbed.model import init_params
+    from testbed.optim import group_table
 
     acc = shapes.count(cfg)
     info = {**acc.as_dict(), **shapes.memory_estimate_bytes(cfg), "tokens_per_step": cfg.tokens_per_step,
             "steps": cfg.total_steps, "tokens": cfg.total_steps * cfg.tokens_per_step,
-            "train_flops": cfg.total_steps * cfg.tokens_per_step * acc.flops_per_token}
+            "train_flops": cfg.total_steps * cfg.tokens_per_step * acc.flops_per_token,
+            "parametrization": parametrization.describe(cfg)}
+    shapes_only = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # no parameter memory touched
+    groups = group_table(cfg, shapes_only)
     if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:28s} {v:,}" if isinstance(v, int) else f"{k:28s} {v}")
+        print(json.dumps({**info, "param_groups": groups}))
+        return 0
+    for k, v in info.items():
+        print(f"{k:28s} {v:,}" if isinstance(v, int) else f"{k:28s} {v}")
+    print(f"\n{'group (role:fan_in)':22s} {'params':>10s} {'init_std':>9s} {'peak lr':>10s} {'lambda':>9s} "
+          f"{'eps':>9s} {'tau_iter':>10s}")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    for label, g in groups.items():
+        print(f"{label:22s} {g['params']:>10,} {fmt(g['init_std']):>9s} {fmt(g['lr']):>10s} "
+              f"{fmt(g['weight_decay']):>9s} {fmt(g['eps']):>9s} {fmt(g['tau_iter']):>10s}")
     return 0
 
 
