@@ -197,8 +197,8 @@ def test_edge_and_concave_are_flagged(tmp_path):
     assert all(p["edge"]) and p["log2_opt"] == [-2.0] * len(WIDTHS)
     assert sum("highest grid value" in w for w in p["warnings"]) == len(WIDTHS)
     x = np.arange(-8.0, -3.9, 0.5)
-    concave = 3.0 - 0.01 * (x + 6) ** 2
-    concave[4] -= 0.05  # an interior minimum on a concave trend
+    concave = np.full_like(x, 3.0)
+    concave[2:7] = [2.895, 2.91, 2.89, 2.91, 2.895]  # the 5 points the parabola sees: concave, minimum inside
     fit = T.fit_optimum(x, concave)
     assert fit.edge and fit.log2_opt == -6.0 and "concave" in fit.reason
     good = T.fit_optimum(x, 3.0 + 0.1 * (x + 5.7) ** 2)
@@ -270,3 +270,13 @@ def test_cli_text_plot_and_bad_key(sweep, tmp_path, capsys):
     assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
     assert main(["transfer", str(root), "--axis", "model.width"]) == 2
     assert "--axis model.width: no run's config has this key" in capsys.readouterr().err
+
+
+def test_parabola_sees_only_the_lowest_points_of_an_asymmetric_curve():
+    """Loss vs log2 LR rises slowly below the optimum and steeply above it; a parabola through the whole 1.2x band
+    would sit below the data. With the window around the minimum the vertex stays near the observed optimum."""
+    x = np.arange(-12.0, -3.9, 1.0)
+    y = np.where(x < -6, 4.0 + 0.03 * (x + 6) ** 2, 4.0 + 0.4 * (x + 6) ** 2)
+    fit = T.fit_optimum(x, y)
+    assert fit.fit_range == (-8.0, -5.0)  # two grid points below the minimum at -6; -4 is above 1.2x the minimum
+    assert abs(fit.log2_opt + 6) < 1.0 and fit.loss_opt > 4.0 - 0.04
