@@ -35,6 +35,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf; keep the fact as a string ("nan", "inf")
+    if isinstance(v, dict):  # nested rows, e.g. sigma_max per matrix of a diverged run
+        return {k: _jsonable(x) for k, x in v.items()}
     return v
 
 

@@ -80,9 +80,14 @@ def test_different_config_in_existing_run_dir_is_refused(tmp_path):
 
 def test_nan_loss_is_recorded_as_diverged(tmp_path):
     cfg = C.load(TINY, [*FAST, "train.steps=40", "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=null",
-                        "optim.schedule=constant"])
+                        "optim.schedule=constant", "train.sigma_every=1"])
     s = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert s["status"] == "diverged"
+    def strict(c):
+        raise ValueError(f"bare {c} in JSON")
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():  # NaN sigma_max kept as strings
+        json.loads(line, parse_constant=strict)
+    json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=strict)
     assert s["steps"] < 40
     rows = curve(tmp_path / "run")
     assert not math.isfinite(float(rows[-1]["train_loss"])) or not math.isfinite(float(rows[-1]["grad_norm"]))
