@@ -16,21 +16,15 @@ from testbed.config import Config
 from testbed.model import param_roles
 
 
+def by_name(tree) -> dict:
+    """{'a/b/kernel': leaf}: the names sigma_max is logged under (metrics rows, summary)."""
+    return {"/".join(str(k.key) for k in path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def matrix_paths(params) -> list[str]:
-    """Names of every 2-D matrix (hidden, readout and embedding tables), as 'a/b/kernel'."""
-    roles = param_roles(params)
-    return [_name(p) for p, leaf in jax.tree_util.tree_leaves_with_path(params)
-            if leaf.ndim == 2 and _get(roles, p) != "vector"]
-
-
-def _name(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k.key]
-    return tree
+    """Names of every 2-D matrix (hidden, readout and embedding tables); norm gains and biases are vectors."""
+    roles = by_name(param_roles(params))
+    return [n for n, leaf in by_name(params).items() if leaf.ndim == 2 and roles[n] != "vector"]
 
 
 def power_iteration(iters: int):
@@ -55,14 +49,14 @@ class SingularValues:
 
     def __init__(self, params, iters: int = 64):
         self.names = matrix_paths(params)
-        flat = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        flat = by_name(params)
         keys = jax.random.split(jax.random.key(0), len(self.names))
         self.vecs = {n: jax.random.normal(k, (flat[n].shape[1],)) for n, k in zip(self.names, keys, strict=True)}
         self.fn = power_iteration(iters)
 
     def dispatch(self, params) -> dict:
         """Starts the computation (device arrays, no host sync), so it overlaps the next train step."""
-        flat = {_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        flat = by_name(params)
         return self.fn({n: flat[n] for n in self.names}, self.vecs)
 
     @staticmethod

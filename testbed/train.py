@@ -261,8 +261,7 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     last_eval = evals[-1] if evals else {}
     groups = group_table(cfg, params)
     sigmas = [r["sigma_max"] for r in rows if "sigma_max" in r]
-    labels = {"/".join(str(k.key) for k in p): lbl
-              for p, lbl in jax.tree_util.tree_leaves_with_path(group_labels(params))}
+    labels = spectral.by_name(group_labels(params))
     summary = {
         "status": status,
         "steps": last.get("step", start),

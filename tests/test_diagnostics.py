@@ -12,7 +12,7 @@ import pytest
 from testbed import config as C
 from testbed.diagnostics import coord_check, reshape
 from testbed.model import init_params
-from testbed.spectral import SingularValues
+from testbed.spectral import SingularValues, by_name
 
 BASE = ["model.d_model=64", "model.head_dim=16", "model.n_heads=4", "param.base_width=64", "model.n_layers=2",
         "param.base_depth=2", "model.zero_init_readout=true", "optim.lr=3e-3", "train.steps=10"]
@@ -67,13 +67,13 @@ def test_singular_values_match_numpy_svd():
     sv = SingularValues(params)
     got = sv(params)
     assert "block_0/attn/qkv/kernel" in got and got["readout/kernel"] == 0.0  # zero-init readout
-    flat = {"/".join(str(k.key) for k in p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    flat = by_name(params)
     for name, value in got.items():
         ref = np.linalg.svd(np.asarray(flat[name]), compute_uv=False)[0]
         assert value == pytest.approx(ref, rel=1e-2), name  # random matrices: small spectral gap
     params2 = jax.tree.map(lambda x: x * 1.5, params)
     params2["readout"]["kernel"] = jax.random.normal(jax.random.key(1), params2["readout"]["kernel"].shape)
-    flat2 = {"/".join(str(k.key) for k in p): x for p, x in jax.tree_util.tree_leaves_with_path(params2)}
+    flat2 = by_name(params2)
     again = sv(params2)
     for name, value in again.items():
         ref = np.linalg.svd(np.asarray(flat2[name]), compute_uv=False)[0]
