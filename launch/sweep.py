@@ -30,14 +30,10 @@ import itertools
 import json
 import math
 import os
-import queue
 import re
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +43,11 @@ import yaml
 from testbed import config as C
 from testbed.runstore import RunDir, atomic_write_text
 
-SPEC_KEYS = ("base", "config", "set", "grid", "zip", "name", "description")
+SPEC_KEYS = ("base", "config", "set", "grid", "zip", "name", "description", "resources")
 DONE = ("completed", "diverged")
 # Appended to XLA_FLAGS when several runs share the machine. Accepted by the installed XLA (jax 0.10.2; an unknown
 # --xla flag aborts the process at startup). It does not by itself shrink XLA:CPU's intra-op pool, which is sized
-# from the process's CPU affinity mask: the affinity pinning in `_launch` is what splits the cores.
+# from the process's CPU affinity mask: the affinity pinning in launch/runner.py is what splits the cores.
 XLA_SHARED_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
 
 
@@ -186,7 +182,18 @@ def load_spec(path: str | Path) -> dict:
     for k in ("name", "description"):
         if k in spec:
             out[k] = spec[k]
+    out["resources"] = _resources(spec, where)
     return out
+
+
+def _resources(spec: dict, where: str) -> dict:
+    """`resources: {slurm: {...submitit parameters}, ray: {...}}`: per-backend settings, checked by name."""
+    res = _mapping(spec, "resources", where)
+    for k, v in res.items():
+        if k not in ("local", "slurm", "ray") or not isinstance(v, dict):
+            raise C.ConfigError(f"{where}: resources.{k}: expected resources.slurm or resources.ray mappings "
+                                "(e.g. resources: {slurm: {timeout_min: 120, gpus_per_node: 1}})")
+    return res
 
 
 # --- expansion ---------------------------------------------------------------------------------------------
@@ -289,16 +296,6 @@ def write_sweep_files(spec: dict, runs: list[Run], out_dir: Path, source: str) -
 
 # --- running -------------------------------------------------------------------------------------------------
 
-def _core_sets(workers: int) -> list[set[int]]:
-    """Worker slot i gets its own share of the CPUs this process may use (slot i -> core i mod n_cores when
-    there are more workers than cores)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if workers >= len(cores):
-        return [{cores[i % len(cores)]} for i in range(workers)]
-    k = len(cores) // workers
-    return [set(cores[i * k:(i + 1) * k]) for i in range(workers)]
-
-
 def worker_env(workers: int, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     env["PYTHONUNBUFFERED"] = "1"
@@ -309,60 +306,34 @@ def worker_env(workers: int, base: dict | None = None) -> dict:
     return env
 
 
-def train_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "testbed.cli", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
-            "--no-progress"]
-
-
-def _launch(run: Run, run_dir: Path, env: dict, cores: set[int] | None, procs: set, lock: threading.Lock) -> dict:
-    t0 = time.perf_counter()
-    rd = RunDir(run_dir)
-    try:
-        rd.check_or_write_config(run.cfg)
-        cmd = train_command(run_dir.resolve())
-        with open(run_dir / "train.log", "a") as logf:
-            logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-            logf.flush()
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-            with lock:
-                procs.add(proc)
-            if cores is not None:
-                # Set from the parent right after spawn (preexec_fn is unsafe under threads): the child is still
-                # starting Python, long before jax creates its thread pools, which inherit this mask.
-                try:
-                    os.sched_setaffinity(proc.pid, cores)
-                except OSError:
-                    pass
-            rc = proc.wait()
-            with lock:
-                procs.discard(proc)
-    except (OSError, C.ConfigError) as e:
-        return {"run_id": run.run_id, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                "wall_s": time.perf_counter() - t0}
-    summary = rd.read_summary() or {}  # summary.json is the truth; a run killed before writing one failed
-    status = summary.get("status", "failed")
-    return {"run_id": run.run_id, "status": status, "returncode": rc,
-            "final_eval_loss": summary.get("final_eval_loss"), "wall_s": time.perf_counter() - t0}
-
-
 def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
-              log: Callable[[str], None] | None = None) -> dict:
-    """Trains every run of the sweep not already completed/diverged in out_dir, `workers` at a time.
+              log: Callable[[str], None] | None = None, backend: str = "local", wait: bool = True) -> dict:
+    """Trains every run of the sweep not already completed/diverged in out_dir, on the chosen backend.
 
-    Each run is `python -m testbed.cli train RUN_DIR/config.yaml --out RUN_DIR --no-progress` (which resumes an
-    interrupted run), its output appended to RUN_DIR/train.log. Returns a summary: status counts over all runs,
-    how many were trained and skipped, wall time. A failed run does not stop the others.
+    Every run directory gets its config.yaml first; then units go to the backend (launch/backends.py), which
+    calls launch/runner.py's `train_unit`: claim, skip what is done, resume what is not. Safe to run again, and
+    to run from several processes or nodes at once. Returns status counts over all runs, how many were trained
+    and skipped, and wall time. A failed run does not stop the others.
     """
+    from testbed.launch import backends
+
     if log is None:
         log = lambda s: print(s, file=sys.stderr, flush=True)
     if workers < 1:
         raise C.ConfigError(f"--workers: must be >= 1, got {workers}")
+    if backend not in backends.BACKENDS:
+        raise C.ConfigError(f"--backend: unknown '{backend}'; choose one of {', '.join(backends.BACKENDS)}")
     t0 = time.perf_counter()
     spec = load_spec(sweep_path)
     runs = expand_spec(spec, where=f"sweep {sweep_path}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise C.ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
+    resources = spec.get("resources", {}).get(backend, {})
+    backends.check(backend, resources)
+    for r in runs:  # a directory holding another config is an error before anything trains
+        if (out / r.run_id / "config.yaml").exists():
+            RunDir(out / r.run_id).check_or_write_config(r.cfg)
     write_sweep_files(spec, runs, out, str(sweep_path))
 
     final: dict[str, str] = {}
@@ -372,47 +343,37 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
         if s is not None and s.get("status") in DONE:
             final[r.run_id] = s["status"]
         else:
+            RunDir(out / r.run_id).check_or_write_config(r.cfg)
             todo.append(r)
     log(f"sweep {sweep_path}: {len(runs)} runs, {len(runs) - len(todo)} already done, training {len(todo)} "
-        f"with {workers} worker(s) into {out}")
+        f"on {backend}" + (f" with {workers} worker(s)" if backend == "local" else "") + f" into {out}")
 
-    env = worker_env(workers)
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(workers):
-        slots.put(i)
-    core_sets = _core_sets(workers) if workers > 1 and hasattr(os, "sched_setaffinity") else None
-    procs: set = set()
-    lock = threading.Lock()
+    k = 0
 
-    def job(r: Run) -> dict:
-        slot = slots.get()
-        try:
-            return _launch(r, out / r.run_id, env, core_sets[slot] if core_sets else None, procs, lock)
-        finally:
-            slots.put(slot)
+    def on_result(res: dict) -> None:
+        nonlocal k
+        k += 1
+        final[res["run_id"]] = res["status"]
+        loss = res.get("final_eval_loss")
+        log(f"[{k}/{len(todo)}] {res['run_id']} {res['status']} "
+            f"{'-' if loss is None else fmt(float(loss))} {res.get('wall_s', 0.0):.1f}s"
+            + (f" (exit {res['returncode']}, see {out / res['run_id'] / 'train.log'})"
+               if res.get("returncode") else "")
+            + (f" ({res['error']})" if "error" in res else ""))
 
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        futures = [pool.submit(job, r) for r in todo]
-        for k, fut in enumerate(as_completed(futures), 1):
-            res = fut.result()
-            final[res["run_id"]] = res["status"]
-            loss = res.get("final_eval_loss")
-            log(f"[{k}/{len(todo)}] {res['run_id']} {res['status']} "
-                f"{'-' if loss is None else fmt(float(loss))} {res['wall_s']:.1f}s"
-                + (f" (exit {res['returncode']}, see {out / res['run_id'] / 'train.log'})"
-                   if res.get("returncode") else "")
-                + (f" ({res['error']})" if "error" in res else ""))
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        with lock:
-            for p in procs:
-                p.terminate()
-        raise
-    pool.shutdown()
+    units = [[r.run_id] for r in todo]
+    after = {r.run_id: getattr(r, "after", None) for r in runs}
+    if backend == "local":
+        backends.run_local(units, out, after, workers, worker_env(workers), log, on_result)
+    elif backend == "slurm":
+        backends.run_slurm(units, out, after, resources, log, on_result, wait_jobs=wait)
+    else:
+        backends.run_ray(units, out, after, resources, log, on_result)
+    if not wait:
+        final.update(backends.summarize(out, [r.run_id for r in todo]))
     counts: dict[str, int] = {}
     for s in final.values():
         counts[s] = counts.get(s, 0) + 1
-    return {"sweep_dir": str(out), "runs": len(runs), "trained": len(todo), "skipped": len(runs) - len(todo),
-            "counts": counts, "ok": all(s in DONE for s in final.values()),
+    return {"sweep_dir": str(out), "backend": backend, "runs": len(runs), "trained": len(todo),
+            "skipped": len(runs) - len(todo), "counts": counts, "ok": all(s in DONE for s in final.values()),
             "wall_s": round(time.perf_counter() - t0, 3)}

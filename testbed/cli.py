@@ -104,9 +104,18 @@ def cmd_sweep(args) -> int:
         return 0
     if not args.out:
         raise C.ConfigError("--out: pass a sweep directory, e.g. --out runs/transfer_lr (or use --dry-run)")
-    summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers)
+    summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers, backend=args.backend,
+                              wait=not args.no_wait)
     print(json.dumps(summary))
-    return 0 if summary["ok"] else 1
+    return 0 if summary["ok"] or args.no_wait else 1
+
+
+def cmd_status(args) -> int:
+    from testbed.launch import status
+
+    report = status.sweep_status(args.sweep_dir)
+    print(json.dumps(report) if args.json else status.format_status(report))
+    return 0
 
 
 def cmd_transfer(args) -> int:
@@ -182,10 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="expand a sweep file into runs and train them (skips completed runs)")
     p.add_argument("sweep", help="YAML sweep file, e.g. configs/transfer_lr.yaml")
     p.add_argument("--out", help="sweep directory: one run directory per run id, manifest.json, sweep.yaml")
-    p.add_argument("--workers", type=int, default=1, help="runs trained at once (CPU cores are split among them)")
+    p.add_argument("--workers", type=int, default=1, help="local backend: runs trained at once (cores are split)")
+    p.add_argument("--backend", default="local", choices=("local", "slurm", "ray"),
+                   help="local process pool, SLURM job arrays (submitit) or Ray tasks; settings under resources:")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (follow with testbed status)")
     p.add_argument("--dry-run", action="store_true", help="print the runs (N, D, FLOPs, status); write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: a JSON list instead of a table")
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("status", help="a sweep's runs by status (pending, running, completed, ...), with a table")
+    p.add_argument("sweep_dir", help="a sweep directory written by testbed sweep")
+    p.add_argument("--json", action="store_true", help="counts and per-run rows as JSON")
+    p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("transfer", help="LR/WD transfer across width or depth, from a sweep's run directories")
     p.add_argument("sweep_dir", help="directory whose subdirectories are run directories")

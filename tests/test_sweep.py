@@ -8,7 +8,7 @@ import time
 
 import pytest
 import yaml
-from testbed.launch import sweep
+from testbed.launch import backends, sweep
 
 from testbed import cli, shapes
 from testbed import config as C
@@ -136,7 +136,7 @@ def test_worker_env_and_core_split():
     assert sweep.worker_env(3, env)["XLA_FLAGS"] == env["XLA_FLAGS"]  # not appended twice
     cores = os.sched_getaffinity(0)
     for n in (1, 2, len(cores), len(cores) + 1):
-        sets = sweep._core_sets(n)
+        sets = backends._core_sets(n)
         assert len(sets) == n and all(s and s <= cores for s in sets)
         if n <= len(cores):
             assert sum(map(len, sets)) == len(set().union(*sets))  # disjoint: each worker has its own cores
