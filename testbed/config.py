@@ -130,7 +130,17 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    checkpoint_steps: list[int] = field(default_factory=list)  # also saved (and evaluated) here, never deleted
+    # branching (testbed/branch.py): a fresh run starts from another run's checkpoint at branch_step, copying its
+    # metrics rows up to there; the parent is a run directory, relative to this run's folder's parent (in a sweep
+    # directory: the parent's run id) or absolute. The schedules must agree before branch_step.
+    branch_from: str | None = None
+    branch_step: int | None = None
     sigma_every: int | None = None  # top singular value of every matrix every k steps (null: at evals; 0: never)
+    # placement (PLACEMENT_KEYS: not part of a run's identity; testbed/sharding.py)
+    mesh: dict[str, int] = field(default_factory=dict)  # {} one device | {data: -1} DP | {data: 2, fsdp: 4} FSDP
+    # jax.distributed.initialize(): null detects (SLURM ntasks > 1, JAX_COORDINATOR_ADDRESS, TPU workers); true; false
+    distributed: bool | None = None
 
 
 @dataclass
@@ -171,6 +181,13 @@ CHOICES = {
     "train.compute_dtype": ("float32", "bfloat16"),
 }
 ROLES = ("embedding", "hidden", "vector", "readout")
+MESH_AXES = ("data", "fsdp")  # train.mesh axis names (testbed/sharding.py)
+# How a run is laid out on devices, not what it computes: left out of run ids and of the resume check, so a run
+# saved on one mesh resumes on another.
+PLACEMENT_KEYS = ("train.mesh", "train.distributed")
+# Keys added after run ids were in use: left out of a run's identity while at these defaults, so the ids of runs
+# that do not use them stay what they were.
+LATER_DEFAULTS = {"train.checkpoint_steps": [], "train.branch_from": None, "train.branch_step": None}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -189,6 +206,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (et,) = typing.get_args(tp)
+        return [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -300,6 +322,24 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def identity(cfg: Config) -> dict:
+    """The config minus PLACEMENT_KEYS: what a run computes, so run ids and resumes ignore the mesh."""
+    d = to_dict(cfg)
+    for key in PLACEMENT_KEYS:
+        section, name = key.split(".")
+        d[section].pop(name, None)
+    for key, default in LATER_DEFAULTS.items():
+        section, name = key.split(".")
+        if d[section].get(name) == default:
+            d[section].pop(name, None)
+    return d
+
+
+def identity_yaml(cfg: Config) -> str:
+    """What run ids hash: the YAML of `identity` (equal to the pre-placement dump, so old ids are kept)."""
+    return yaml.safe_dump(identity(cfg), sort_keys=False)
+
+
 def _get(cfg: Config, key: str) -> Any:
     node: Any = cfg
     for p in key.split("."):
@@ -367,6 +407,8 @@ def validate(cfg: Config) -> None:
     for role in cfg.param.perlayer_c:
         if role not in ROLES:
             raise ConfigError(f"param.perlayer_c.{role}: unknown role; roles are {', '.join(ROLES)}")
+    _validate_mesh(t.mesh)
+    _validate_branch(cfg)
     if cfg.param.base_head_dim is not None and cfg.param.base_head_dim <= 0:
         raise ConfigError(f"param.base_head_dim: must be positive (or null), got {cfg.param.base_head_dim}")
     if o.wd_rule == "timescale":
@@ -394,3 +436,37 @@ def validate(cfg: Config) -> None:
         if m.vocab_size < need:
             raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
                               f"vocabulary ({need}); set model.vocab_size >= {need}")
+
+
+def _validate_mesh(mesh: dict[str, int]) -> None:
+    """train.mesh: known axes, sizes >= 1 or -1 (the devices left) on at most one axis."""
+    for axis, size in mesh.items():
+        if axis not in MESH_AXES:
+            raise ConfigError(f"train.mesh.{axis}: unknown axis; axes are {', '.join(MESH_AXES)} "
+                              "(e.g. train.mesh: {data: -1} or {data: 2, fsdp: 4})")
+        if size != -1 and size < 1:
+            raise ConfigError(f"train.mesh.{axis}: must be >= 1, or -1 for every device left, got {size}")
+    if list(mesh.values()).count(-1) > 1:
+        raise ConfigError(f"train.mesh: at most one axis may be -1, got {mesh}")
+
+
+def _validate_branch(cfg: Config) -> None:
+    """train.checkpoint_steps inside the run; branch_from and branch_step together, the branch before the end."""
+    t, total = cfg.train, cfg.total_steps
+    for s in t.checkpoint_steps:
+        if not 1 <= s <= total:
+            raise ConfigError(f"train.checkpoint_steps: {s} is outside the run's steps 1..{total}")
+    if (t.branch_from is None) != (t.branch_step is None):
+        raise ConfigError("train.branch_from / train.branch_step: set both (the parent run directory and the step "
+                          "of its checkpoint to start from) or neither")
+    if t.branch_from is None:
+        return
+    if not t.branch_from.strip():
+        raise ConfigError("train.branch_from: empty; give the parent run directory (in a sweep: its run id)")
+    if not 1 <= t.branch_step < total:
+        raise ConfigError(f"train.branch_step: {t.branch_step} must be in 1..{total - 1} (the run has {total} "
+                          "steps and must train at least one past the branch)")
+    if cfg.optim.wd_rule == "timescale":
+        raise ConfigError("optim.wd_rule: timescale ties lambda to train.steps, so a branched run (train.branch_from)"
+                          " would decay differently from its parent before the branch; use none, constant_tau "
+                          "or sqrt")

@@ -57,8 +57,8 @@ class RunDir:
             except (C.ConfigError, yaml.YAMLError) as e:
                 raise C.ConfigError(f"{self.config_path}: cannot be read as a testbed config ({e}); "
                                     "pass a new --out directory") from None
-            if C.to_dict(existing) != C.to_dict(cfg):
-                diff = _diff(C.to_dict(existing), C.to_dict(cfg))
+            if C.identity(existing) != C.identity(cfg):  # placement (train.mesh, ...) may change on resume
+                diff = _diff(C.identity(existing), C.identity(cfg))
                 raise C.ConfigError(f"--out {self.path}: the run directory holds a different config "
                                     f"({diff}); pass a new --out, or the same config to resume")
             return

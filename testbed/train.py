@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import parametrization, schedules, shapes, spectral
+from testbed import branch, parametrization, schedules, shapes, sharding, spectral
 from testbed.config import Config, ConfigError
 from testbed.data import Source, make_source
 from testbed.model import Transformer, init_params
 from testbed.optim import default_hparams, group_labels, group_table, inject, make_optimizer
+from testbed.preempt import StopRequest
 from testbed.runstore import RunDir
 
 TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
@@ -95,17 +96,21 @@ def init_state(cfg: Config, tx: optax.GradientTransformation, params=None) -> Tr
 class Evaluator:
     """Fixed held-out set evaluated in padded chunks with one compiled program."""
 
-    def __init__(self, cfg: Config, source: Source):
+    def __init__(self, cfg: Config, source: Source, place: sharding.Placement | None = None):
         self.eval = source.eval_set()
         tokens = self.eval.tokens_ExLp1
         self.n = tokens.shape[0]
         self.chunk = min(self.n, max(1, cfg.train.batch_size // cfg.train.grad_accum))
         pad = (-self.n) % self.chunk
         self.tokens_CxBxLp1 = np.concatenate([tokens, tokens[:pad]]).reshape(-1, self.chunk, tokens.shape[1])
-        self.fn = jax.jit(make_eval_step(cfg))
+        if place is None:
+            self.chunks, self.fn = list(self.tokens_CxBxLp1), jax.jit(make_eval_step(cfg))
+        else:  # chunks live on the mesh once; losses come back replicated, readable on every process
+            self.chunks = [place.batch(c, axis=0) for c in self.tokens_CxBxLp1]
+            self.fn = jax.jit(make_eval_step(cfg), out_shardings=place.replicated)
 
     def dispatch(self, params) -> list:
-        return [self.fn(params, chunk) for chunk in self.tokens_CxBxLp1]
+        return [self.fn(params, chunk) for chunk in self.chunks]
 
     def finish(self, pending: list) -> dict:
         seq_loss = np.concatenate([np.asarray(x) for x in pending])[: self.n].astype(np.float64)
@@ -119,8 +124,13 @@ class Evaluator:
 def _checkpoint_manager(run: RunDir, cfg: Config):
     import orbax.checkpoint as ocp
 
-    opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, create=True,
-                                        cleanup_tmp_directories=True)  # drop half-written saves of a killed run
+    keep = cfg.train.checkpoint_steps  # e.g. a WSD parent's branch points: never deleted
+    policy = ocp.checkpoint_managers
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=None if keep else cfg.train.keep_checkpoints, create=True,
+        preservation_policy=policy.AnyPreservationPolicy([policy.LatestN(cfg.train.keep_checkpoints),
+                                                          policy.CustomSteps(keep)]) if keep else None,
+        cleanup_tmp_directories=True)  # drop half-written saves of a killed run
     return ocp.CheckpointManager(run.checkpoint_dir.absolute(), options=opts)
 
 
@@ -135,9 +145,34 @@ def _restore(mngr, state: TrainState) -> tuple[TrainState, int]:
     return restored, int(step)
 
 
-def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Trains (or resumes) the run in `out`; returns its summary. Idempotent on a completed run."""
-    run = RunDir(out)
+class _Follower(RunDir):
+    """A non-zero process of a multi-host run: reads the run directory; process 0 alone writes it."""
+
+    def check_or_write_config(self, cfg: Config) -> None:
+        pass
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        pass
+
+    def truncate_metrics(self, last_step: int) -> list[dict]:
+        return [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+
+def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
+          should_stop: Callable[[], bool] | None = None) -> dict:
+    """Trains (or resumes) the run in `out`; returns its summary. Idempotent on a completed run.
+
+    SIGTERM/SIGUSR1/SIGUSR2 (or `should_stop()` turning true) checkpoint at the next step and return
+    {'status': 'incomplete', 'steps': s} without writing a summary: `testbed train` exits REQUEUE_EXIT.
+    """
+    sharding.initialize(cfg)  # multi-host: before any device is touched
+    primary = sharding.is_primary()
+    run = RunDir(out) if primary else _Follower(out)
+    if not primary:
+        progress, log = False, lambda _: None
     source = make_source(cfg.data, cfg.model.vocab_size, cfg.seed)  # may raise ConfigError: nothing written
     if source.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
@@ -148,7 +183,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
         log(f"{run.path}: already {done['status']} at step {done['steps']}; nothing to do")
         return done
     try:
-        return _train_loop(cfg, run, source, progress, log)
+        with StopRequest(also=should_stop) as stop:
+            return _train_loop(cfg, run, source, progress, log, stop)
     except KeyboardInterrupt:
         raise
     except Exception as e:
@@ -157,7 +193,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
         raise
 
 
-def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -> dict:
+def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, stop: StopRequest) -> dict:
     acc = shapes.count(cfg)
     total = cfg.total_steps
     tokens_per_step = cfg.tokens_per_step
@@ -166,26 +202,40 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     schedule = schedules.from_config(cfg.optim, total)
     hparams = default_hparams(cfg)
     mngr = _checkpoint_manager(run, cfg)
-    state, start = _restore(mngr, init_state(cfg, tx, params))
+    place = sharding.placement(cfg)  # None: one device, no shardings (the plain path)
+    state = init_state(cfg, tx, params)
+    if place is not None:  # restore reads the target shardings from the placed state: any mesh -> this mesh
+        state, hparams = place.put(state, place.state_shardings(state)), place.put(hparams)
+    state, start = _restore(mngr, state)
+    resumed = start
+    if start == 0 and cfg.train.branch_from is not None:  # fresh branch: the parent's state and rows up to s
+        state, start = branch.restore(cfg, run, state)
+        log(f"branching {run.path} from {branch.parent_dir(cfg, run.path)} at step {start}")
     rows = run.truncate_metrics(start)
     wall0 = rows[-1]["wall_s"] if rows else 0.0
-    if start:
+    if resumed:
         log(f"resuming {run.path} from step {start}")
 
     A, micro = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum
     L = cfg.data.seq_len
 
-    def batch_at(step: int) -> np.ndarray:
-        return source.train_batch(step, cfg.train.batch_size).reshape(A, micro, L + 1)
+    def batch_at(step: int) -> np.ndarray | jax.Array:
+        batch_AxBxLp1 = source.train_batch(step, cfg.train.batch_size).reshape(A, micro, L + 1)
+        return batch_AxBxLp1 if place is None else place.batch(batch_AxBxLp1, axis=1)
 
     t0 = time.perf_counter()
-    step_fn = jax.jit(make_train_step(cfg, tx, schedule), donate_argnums=0).lower(
-        state, batch_at(start), hparams).compile()
+    pure_step = make_train_step(cfg, tx, schedule)
+    jitted = (jax.jit(pure_step, donate_argnums=0) if place is None
+              else place.jit_step(pure_step, state, (A, micro, L + 1)))
+    step_fn = jitted.lower(state, batch_at(start), hparams).compile()
     compile_s = time.perf_counter() - t0
-    evaluator = Evaluator(cfg, source)
+    evaluator = Evaluator(cfg, source, place)
     entropy = evaluator.eval.entropy
     sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
     sv = spectral.SingularValues(params) if sigma_every else None
+    if sv is not None and place is not None:
+        sv.vecs = place.put(sv.vecs)
+    voting = place is not None and jax.process_count() > 1  # processes must agree on the step they stop at
 
     import orbax.checkpoint as ocp
 
@@ -198,11 +248,13 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
     status = "completed"
     t_start = time.perf_counter()
     t_prev, tok_prev = t_start, start * tokens_per_step
+    stopping = False  # set from the signal flag (one process) or from the processes' vote (several)
 
     def finish(step: int, metrics, ev, sig) -> dict:
         """Turns step's device metrics (and eval) into a logged row; blocks until they are ready."""
-        nonlocal t_prev, tok_prev
+        nonlocal t_prev, tok_prev, stopping
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        stopping = stopping or bool(m.pop("stop_vote", 0.0))
         now = time.perf_counter()
         tokens = step * tokens_per_step
         row = {"step": step, "tokens": tokens, "flops": tokens * acc.flops_per_token, **m,
@@ -225,11 +277,18 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
                 or not _finite(row))
 
     inflight = None  # (step, metrics, eval) dispatched but not yet read
+    keep_steps = set(cfg.train.checkpoint_steps)  # saved, kept and evaluated (branch points)
     batch = batch_at(start) if start < total else None
+    step = saved = start
     for i in range(start, total):
+        stopping = stopping or (not voting and stop())
+        if stopping:
+            break
         step = i + 1
         state, metrics = step_fn(state, batch, hparams)
-        is_eval = step % cfg.train.eval_every == 0 or step == total
+        if voting:
+            metrics = {**metrics, "stop_vote": place.vote(stop())}
+        is_eval = step % cfg.train.eval_every == 0 or step == total or step in keep_steps
         ev = evaluator.dispatch(state["params"]) if is_eval else None
         is_sigma = sv is not None and (step % sigma_every == 0 or step == total)
         sig = sv.dispatch(state["params"]) if is_sigma else None
@@ -237,7 +296,7 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
             batch = batch_at(step)  # host-side data work overlaps the device step
         done = [finish(*inflight)] if inflight is not None else []  # step - 1, read while step runs
         inflight = (step, metrics, ev, sig)
-        is_ckpt = step % cfg.train.checkpoint_every == 0 or step == total
+        is_ckpt = step % cfg.train.checkpoint_every == 0 or step == total or step in keep_steps
         if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
             done.append(finish(*inflight))
             inflight = None
@@ -251,21 +310,41 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
             break
         if is_ckpt:
             mngr.save(step, args=ocp.args.StandardSave(state))
+            saved = step
+    preempted = stopping and status == "completed" and step < total
+    if preempted:  # rows in flight, then a checkpoint at this step; no summary, so the same command resumes
+        if inflight is not None:
+            run.append_metrics([r for r in [finish(*inflight)] if keep(r)])
+        if step > saved:
+            mngr.save(step, args=ocp.args.StandardSave(state))
     mngr.wait_until_finished()
     mngr.close()
     if bar is not None:
         bar.close()
-    rows = run.read_metrics()
+    if preempted:
+        log(f"{run.path}: stopped by {stop.describe()} at step {step}; checkpointed, the same command resumes")
+        return {"status": "incomplete", "steps": step}
+    summary = {**summarize(cfg, run.read_metrics(), status, start, params, acc, compile_s, entropy, source.meta),
+               **(place.describe() if place is not None else {})}
+    run.write_summary(summary)
+    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']}, "
+        f"eval loss {summary['final_eval_loss']}")
+    return summary
+
+
+def summarize(cfg: Config, rows: list[dict], status: str, start: int, params, acc: shapes.Accounting,
+              compile_s: float, entropy: float | None, data_meta: dict) -> dict:
+    """summary.json's keys from a run's metrics rows (testbed.pack writes the same ones per member)."""
     last = rows[-1] if rows else {}
     evals = [r for r in rows if "eval_loss" in r]
     last_eval = evals[-1] if evals else {}
     groups = group_table(cfg, params)
     sigmas = [r["sigma_max"] for r in rows if "sigma_max" in r]
     labels = spectral.by_name(group_labels(params))
-    summary = {
+    return {
         "status": status,
         "steps": last.get("step", start),
-        "tokens": last.get("tokens", start * tokens_per_step),
+        "tokens": last.get("tokens", start * cfg.tokens_per_step),
         "flops": last.get("flops", 0),
         "final_train_loss": last.get("train_loss"),
         "final_eval_loss": last_eval.get("eval_loss"),
@@ -280,12 +359,8 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log) -
         **({"final_sigma_max": sigmas[-1],
             "final_sigma_normalized": spectral.normalized_sigma(cfg, sigmas[-1], labels, groups)} if sigmas else {}),
         "wall_s": last.get("wall_s"),
-        "data": source.meta,
+        "data": data_meta,
     }
-    run.write_summary(summary)
-    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']}, "
-        f"eval loss {summary['final_eval_loss']}")
-    return summary
 
 
 def _finite(row: dict) -> bool:

@@ -21,3 +21,13 @@ def testbed_cmd(*args: str, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return testbed_cmd
+
+
+@pytest.fixture(scope="session")
+def jax_env(tmp_path_factory) -> dict:
+    """Environment for jax subprocesses: unbuffered, CPU, and one compilation cache for the session (keyed by
+    program, jax version and flags), so the same programs compiled again in later subprocesses are disk reads.
+    (Not pytest's cache dir: CI runs with -p no:cacheprovider.)"""
+    cache = tmp_path_factory.mktemp("jax_compilation_cache")
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import yaml
-from testbed.launch import backends, sweep
+from testbed.launch import layout, sweep
 
 from testbed import cli, shapes
 from testbed import config as C
@@ -47,7 +47,7 @@ def test_expand_grid_times_zip_rows_with_log2_ranges(tmp_path):
     assert first.name == "name=sp,lr=0.125,seed=0,d_model=16,n_heads=2"
     # ids: 12 hex of sha256 of the resolved YAML, distinct, stable across expansions
     for r in runs:
-        assert r.run_id == hashlib.sha256(C.dump_yaml(r.cfg).encode()).hexdigest()[:12]
+        assert r.run_id == hashlib.sha256(C.identity_yaml(r.cfg).encode()).hexdigest()[:12]
     assert len({r.run_id for r in runs}) == len(runs)
     assert [r.run_id for r in sweep.expand(path)] == [r.run_id for r in runs]
 
@@ -79,7 +79,7 @@ def test_dry_run_prints_table_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["run_id", "optim.lr", "seed", "model.d_model", "model.n_heads", "N", "D", "FLOPs",
-                                "status"]
+                                "est_time", "status"]
     runs = sweep.expand(path)
     assert len(lines) == 1 + 12 == 1 + len(runs)
     for line, r in zip(lines[1:], runs, strict=True):
@@ -129,14 +129,14 @@ def test_cli_exit_2_and_out_required(tmp_path, cli):
 
 
 def test_worker_env_and_core_split():
-    env = sweep.worker_env(1, {"XLA_FLAGS": "--xla_dump_to=/x"})
+    env = layout.worker_env(1, {"XLA_FLAGS": "--xla_dump_to=/x"})
     assert env["XLA_FLAGS"] == "--xla_dump_to=/x"
-    env = sweep.worker_env(2, {"XLA_FLAGS": "--xla_dump_to=/x"})
-    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/x", *sweep.XLA_SHARED_FLAGS]
-    assert sweep.worker_env(3, env)["XLA_FLAGS"] == env["XLA_FLAGS"]  # not appended twice
+    env = layout.worker_env(2, {"XLA_FLAGS": "--xla_dump_to=/x"})
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/x", *layout.XLA_SHARED_FLAGS]
+    assert layout.worker_env(3, env)["XLA_FLAGS"] == env["XLA_FLAGS"]  # not appended twice
     cores = os.sched_getaffinity(0)
     for n in (1, 2, len(cores), len(cores) + 1):
-        sets = backends._core_sets(n)
+        sets = layout.core_sets(n, sorted(cores))
         assert len(sets) == n and all(s and s <= cores for s in sets)
         if n <= len(cores):
             assert sum(map(len, sets)) == len(set().union(*sets))  # disjoint: each worker has its own cores

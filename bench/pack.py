@@ -1,0 +1,48 @@
+"""Packing benchmark: aggregate tokens/s of K same-shape runs per layout vs one at a time; one JSON line per case.
+
+    python bench/pack.py [--config configs/tiny.yaml] [--widths 64,128] [--packs 2,4,8] [--duration 2] [--rounds 3]
+
+Layouts (launch/layout.py): (a) one at a time in one process with all cores, (b) one vmapped pack of K,
+(c) the runs split over one pinned single-threaded process per core, one at a time, (d) a pack of K / cores per
+core, and packs of the powers of two between; each also with XLA:CPU's YNNPACK fusion off. Every candidate
+compiles first, then candidates take turns timing `--duration`-second windows for `--rounds` rounds; each reports
+its best window (robust to other jobs on a shared machine; the load average is printed too). Steady state:
+compile time is reported, not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from testbed.launch.layout import candidates, cores_available, measure, report
+
+from testbed import config as C
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/tiny.yaml")
+    ap.add_argument("--widths", default="64,128")
+    ap.add_argument("--packs", default="2,4,8")
+    ap.add_argument("--duration", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    cores = cores_available()
+    packs = [int(k) for k in args.packs.split(",")]
+    for width in (int(w) for w in args.widths.split(",")):
+        cfg = C.load(args.config, [*args.overrides, f"model.d_model={width}"])
+        layouts = list(dict.fromkeys(lay for k in packs for lay in candidates(k, len(cores))))
+        load = os.getloadavg()
+        results = measure(cfg, layouts, args.duration, args.rounds, cores, log=lambda s: print(s, file=sys.stderr))
+        for k in packs:
+            mine = {lay: r for lay, r in results.items() if lay in candidates(k, len(cores))}
+            print(json.dumps({**report(cfg, k, mine, len(cores)), "loadavg_before": load,
+                              "loadavg_after": os.getloadavg()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
