@@ -1,8 +1,9 @@
 """How a sweep's runs go to a backend: units (one run, or a pack of same-shape runs), workers, environment.
 
 Local backend, no `--workers`/`--pack`: the layout (trainer processes x runs per vmapped pack, XLA flags) is the
-fastest measured for the sweep's most common run shape (launch/layout.py). Measuring costs about a minute, so it
-happens when the runs of that shape would take at least MEASURE_MIN_S one at a time (or with `--layout measure`);
+fastest measured for the sweep's most common run shape (launch/layout.py). Measuring costs minutes (228 s for
+d_model 64 x 8 runs on the 2-core VM), so it happens when the runs of that shape would take at least MEASURE_MIN_S
+one at a time (or with `--layout measure`);
 a layout measured before for the shape and this machine is reused from the cache either way. Otherwise runs go
 one at a time. SLURM and Ray: one unit per run, or `--pack K` runs per unit; their nodes are not this machine, so
 nothing is measured here.
@@ -18,7 +19,9 @@ from testbed.launch import layout as L
 from testbed import config as C
 from testbed.vmappable import group_by_pack, pack_key, solo_reason
 
-MEASURE_MIN_S = 600.0  # a minute of measuring pays for itself when the runs take >= 10 minutes one at a time
+# The measured layout saved 42% of a d_model-64 sweep's wall time (bench/sweep_layout.py), so ~4 min of measuring
+# pays for itself from ~10 min of runs; 20 leaves a margin for shapes where the gain is smaller.
+MEASURE_MIN_S = 1200.0
 MEASURE_MAX_RUNS = 8  # layouts are measured for at most this many runs: more runs repeat the same layout
 LAYOUT_MODES = ("auto", "measure")
 
@@ -67,9 +70,9 @@ def _auto(runs: list[tuple[str, C.Config, float]], mode: str, log) -> tuple[L.La
     est = sum(runs[i][2] for i in group)
     if mode != "measure" and est < MEASURE_MIN_S:
         return L.SEQUENTIAL, (f"one at a time (the {len(group)} runs of the main shape take ~{est:.0f}s; layouts "
-                              f"are measured from {MEASURE_MIN_S:.0f}s, or pass --layout measure / --workers / "
+                              f"are measured from {MEASURE_MIN_S:.0f}s; or pass --layout measure / --workers / "
                               "--pack)")
-    log(f"measuring layouts (processes x pack) for {n} runs of d_model {cfg.model.d_model}: about a minute, "
+    log(f"measuring layouts (processes x pack) for {n} runs of d_model {cfg.model.d_model}: a few minutes, once; "
         f"cached in {L.CACHE}")
     best = L.choose_layout(cfg, n, cache=L.CACHE, refresh=mode == "measure")
     return best, f"measured for d_model {cfg.model.d_model} x {n} runs on this machine"
