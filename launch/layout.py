@@ -246,7 +246,7 @@ def choose_layout(cfg: C.Config, n_runs: int, cores: list[int] | None = None, ca
                   duration_s: float = 1.5, rounds: int = 3, refresh: bool = False) -> Layout:
     """The fastest measured layout for n_runs runs shaped like `cfg` (same pack_key), cached per machine.
 
-    About a minute the first time for a shape (compiles included); afterwards a file lookup.
+    A few minutes the first time for a shape (228 s for d_model 64 x 8 runs on 2 cores); afterwards a file lookup.
     """
     cores = cores or cores_available()
     shape = _canonical(cfg)

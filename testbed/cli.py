@@ -179,6 +179,21 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    from testbed.analysis import load, report
+
+    out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
+                           bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed)
+    if args.plot:
+        report.plot(objs, out, args.plot)
+        out["plot"] = args.plot
+    if args.json:
+        print(json.dumps(report.jsonable(out)))
+    else:
+        print(report.format_text(out))
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -299,6 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="a sweep directory written by testbed sweep")
     p.add_argument("--json", action="store_true", help="counts and per-run rows as JSON")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("fit", help="fit a scaling law to a sweep directory or a CSV, with bootstrap CIs")
+    p.add_argument("law", help="chinchilla | kaplan")
+    p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
+    p.add_argument("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
+                   " (D = C / 6N when only C is given)")
+    p.add_argument("--filter", help="keep rows matching a pandas query, e.g. \"loss < 3\" or \"`model.d_model` >= 64\"")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K resamples of the points for CIs")
+    p.add_argument("--holdout", help="fit the other rows, predict these (a pandas expression, e.g. \"C > 1e21\")")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="write the fit figure here (.png, .svg or .pdf)")
+    p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("transfer", help="LR/WD transfer across width or depth, from a sweep's run directories")
     p.add_argument("sweep_dir", help="directory whose subdirectories are run directories")

@@ -1,0 +1,254 @@
+"""Sweeps and published tables as one pandas DataFrame, so every fit reads the same columns whatever the source.
+
+A sweep directory (run directories with config.yaml, summary.json, metrics.jsonl) and a CSV/parquet file (with the
+user's column names mapped onto ours) both become one row per run with the standard columns below plus, for a
+sweep, every config key flattened with dots. Diverged, failed and unfinished runs stay in the table, flagged by
+`ok`, because a fit has to say how many runs it left out and why: `usable` returns the rows and that count.
+`curves` gives one row per logged step (tokens, FLOPs, the LR applied, losses) for fits along the training curve.
+
+Standard columns: N (params_total), N_nonembed, D (tokens trained), C (exact training FLOPs), C_6ND (6 N D),
+loss (the chosen metric), train_loss, status, ok, run_id, run_dir; curves add step, tokens, flops, lr, eval_loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from testbed.config import ConfigError
+
+from .transfer import _YAML_LOADER, _flatten, _number
+
+RUN_COLUMNS = ("run_id", "run_dir", "status", "ok", "N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss")
+CURVE_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "eval_loss")
+STANDARD = tuple(dict.fromkeys(RUN_COLUMNS + CURVE_COLUMNS + ("loss_se", "steps", "data_entropy")))
+MAPPABLE = tuple(c for c in STANDARD if c != "ok")  # `ok` is always derived
+NUMERIC = ("N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss", "loss_se", "steps", "data_entropy",
+           *CURVE_COLUMNS)
+# usable()'s exclusion reasons; every key is always present. A status other than completed/diverged/failed
+# (no summary.json yet, "pending", ...) counts as incomplete; a completed run whose loss is NaN, inf or <= 0
+# counts under the last key.
+REASONS = ("diverged", "failed", "incomplete", "nonfinite_or_nonpositive_loss")
+SUFFIXES = (".csv", ".csv.gz", ".parquet")
+FILTER_HELP = 'quote dotted names with backticks, e.g. --filter "`model.d_model` >= 64 and status == \'completed\'"'
+
+
+# --- sweep directories --------------------------------------------------------------------------------------------
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    """The subdirectories holding a config.yaml, or a ConfigError saying what to pass instead."""
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file())
+    if not run_dirs:
+        if (sweep_dir / "config.yaml").is_file():
+            raise ConfigError(f"{sweep_dir} is a run directory, not a sweep directory: pass its parent")
+        raise ConfigError(f"no run directories (config.yaml) under {sweep_dir}; pass a sweep directory or a CSV")
+    return run_dirs
+
+
+def _read_json(path: Path) -> dict | None:
+    """summary.json as a dict, None when absent; a broken file is a ConfigError naming it."""
+    if not path.is_file():
+        return None
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); remove or fix the run") from None
+    if not isinstance(out, dict):
+        raise ConfigError(f"{path}: must hold a mapping; remove or fix the run")
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    """metrics.jsonl rows; a torn last line ends the log (as RunDir.read_metrics)."""
+    path, rows = run / "metrics.jsonl", []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def _run_row(run: Path, metric: str) -> tuple[dict[str, Any], bool]:
+    """One run's standard columns + flattened config, and whether its summary holds `metric`."""
+    try:
+        cfg = yaml.load((run / "config.yaml").read_text(), Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{run}/config.yaml: not valid YAML ({e}); remove or fix the run") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{run}/config.yaml: must hold a mapping; remove or fix the run")
+    s = _read_json(run / "summary.json")
+    if s is None:  # unfinished: how far it got comes from the last logged step
+        last = (_metrics(run) or [{}])[-1]
+        s = {"status": "incomplete", "tokens": last.get("tokens"), "flops": last.get("flops"),
+             "final_train_loss": last.get("train_loss"), "steps": last.get("step")}
+    row = {"run_id": run.name, "run_dir": str(run), "status": str(s.get("status")),
+           "N": _number(s.get("params_total")), "N_nonembed": _number(s.get("params_nonembedding")),
+           "D": _number(s.get("tokens")), "C": _number(s.get("flops")), "loss": _number(s.get(metric)),
+           "train_loss": _number(s.get("final_train_loss")), "loss_se": _number(s.get(f"{metric}_se")),
+           "steps": _number(s.get("steps")), "data_entropy": _number(s.get("data_entropy"))}
+    return {**row, **_flatten(cfg)}, metric in s
+
+
+def _load_sweep(sweep_dir: Path, metric: str) -> pd.DataFrame:
+    rows, has_metric, finished = [], False, 0
+    for run in _run_dirs(sweep_dir):
+        row, has = _run_row(run, metric)
+        rows.append(row)
+        has_metric |= has
+        finished += row["status"] != "incomplete"
+    if finished and not has_metric:
+        raise ConfigError(f"metric {metric}: no summary.json has it; use final_eval_loss or final_train_loss")
+    return pd.DataFrame(rows)
+
+
+# --- files --------------------------------------------------------------------------------------------------------
+def _check_keys(columns: dict[str, str]) -> None:
+    bad = [k for k in columns if k not in MAPPABLE]
+    if bad:
+        raise ConfigError(f"--columns {bad[0]}=...: not a standard name; map any of {', '.join(MAPPABLE)}")
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """The CLI form "N=Model Size,C=Training FLOP,loss=loss" -> {"N": "Model Size", ...} (names hold no commas)."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, eq, col = (s.strip() for s in item.partition("="))
+        if not eq or not key or not col:
+            raise ConfigError(f"--columns {item!r}: expected STANDARD=FILE_COLUMN items separated by commas, "
+                              "e.g. --columns 'N=Model Size,C=Training FLOP,loss=loss'")
+        if key in out:
+            raise ConfigError(f"--columns: {key} is mapped twice; map each standard name once")
+        out[key] = col
+    _check_keys(out)
+    return out
+
+
+def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
+    """A CSV/parquet table, the user's columns renamed to standard names, those numeric as floats (junk -> NaN)."""
+    name = path.name.lower()
+    if not name.endswith(SUFFIXES):
+        raise ConfigError(f"{path}: unknown file type; pass a sweep directory or a {', '.join(SUFFIXES)} file")
+    try:
+        df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+    except ImportError as e:
+        raise ConfigError(f"{path}: reading parquet needs pyarrow ({e}); pip install pyarrow or pass a CSV") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path}: cannot be read as a table ({e})") from None
+    columns = dict(columns or {})
+    _check_keys(columns)
+    for std, col in columns.items():
+        if col not in df.columns:
+            raise ConfigError(f"--columns {std}={col}: {path.name} has no column {col!r}; its columns: "
+                              f"{', '.join(map(str, df.columns))}")
+        if std in df.columns and std not in columns.values():
+            raise ConfigError(f"--columns {std}={col}: {path.name} already has a column named {std!r}; "
+                              f"map {std} to that column or rename it in the file")
+    out = df.drop(columns=[c for c in set(columns.values()) if c not in columns])
+    for std, col in columns.items():
+        out[std] = df[col]
+    for c in NUMERIC:
+        if c in out.columns:
+            out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    return out
+
+
+def _derive(df: pd.DataFrame) -> list[str]:
+    """Fills D or C from C = 6 N D where the other two are given; returns what was derived."""
+    derived = []
+    if "D" not in df.columns and {"C", "N"} <= set(df.columns):
+        df["D"] = df["C"] / (6 * df["N"])
+        derived.append("D = C / (6 N)")
+    if "C" not in df.columns and {"N", "D"} <= set(df.columns):
+        df["C"] = 6 * df["N"] * df["D"]
+        derived.append("C = 6 N D")
+    return derived
+
+
+# --- public -------------------------------------------------------------------------------------------------------
+def _source(data: str | Path, columns: dict[str, str] | None) -> Path:
+    path = Path(data)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass a sweep directory or a {', '.join(SUFFIXES)} file")
+    if path.is_dir() and columns:
+        raise ConfigError(f"--columns applies to CSV/parquet input; {path} is a sweep directory with standard names")
+    return path
+
+
+def _finish(df: pd.DataFrame, filter: str | None, **attrs: Any) -> pd.DataFrame:
+    """Standard columns first, the filter applied, attrs set."""
+    first = [c for c in STANDARD if c in df.columns]
+    df = df[first + sorted(c for c in df.columns if c not in first)]
+    if filter:
+        try:
+            df = df.query(filter)
+        except Exception as e:  # pandas raises anything from SyntaxError to UndefinedVariableError
+            raise ConfigError(f"--filter {filter!r}: {type(e).__name__}: {e}; {FILTER_HELP}") from None
+    df = df.reset_index(drop=True)
+    df.attrs.update(attrs)
+    return df
+
+
+def load(data: str | Path, *, columns: dict[str, str] | None = None, metric: str = "final_eval_loss",
+         filter: str | None = None) -> pd.DataFrame:
+    """One row per run from a sweep directory or a CSV/parquet file; `filter`: DataFrame.query, `dotted.names`."""
+    path = _source(data, columns)
+    attrs: dict[str, Any] = {"source": str(data), "derived": []}
+    if path.is_dir():
+        df = _load_sweep(path, metric)
+        attrs["metric"] = metric
+    else:
+        df = _read_file(path, columns)
+        if "loss" not in df.columns:
+            raise ConfigError(f"{path.name} has no loss column; pass --columns loss=COL (its columns: "
+                              f"{', '.join(map(str, df.columns))})")
+        attrs["derived"] = _derive(df)
+    if {"N", "D"} <= set(df.columns):
+        df["C_6ND"] = 6 * df["N"] * df["D"]
+    loss = df["loss"].to_numpy(float)
+    ok = np.isfinite(loss) & (np.nan_to_num(loss) > 0)
+    df["ok"] = ok & (df["status"] == "completed").to_numpy() if "status" in df.columns else ok
+    return _finish(df, filter, **attrs)
+
+
+def curves(data: str | Path, *, columns: dict[str, str] | None = None, filter: str | None = None) -> pd.DataFrame:
+    """One row per logged step per run (tokens, flops, the LR applied, losses; eval_loss NaN off eval steps)."""
+    path = _source(data, columns)
+    if path.is_file():
+        df = _read_file(path, columns)
+        return _finish(df, filter, source=str(data), derived=_derive(df))
+    runs = load(path)
+    rows = [{"run_id": run_id, **{k: r.get(k) for k in CURVE_COLUMNS}}
+            for run_id, run_dir in zip(runs["run_id"], runs["run_dir"], strict=True) for r in _metrics(Path(run_dir))]
+    steps = pd.DataFrame(rows, columns=["run_id", *CURVE_COLUMNS])
+    for c in CURVE_COLUMNS:
+        steps[c] = pd.to_numeric(steps[c], errors="coerce").astype(float)
+    per_run = runs.drop(columns=[c for c in ("D", "C", "C_6ND", "loss", "train_loss", "loss_se", "steps")
+                                 if c in runs.columns])
+    return _finish(steps.merge(per_run, on="run_id", how="left", validate="many_to_one"), filter,
+                   source=str(data), derived=[])
+
+
+def usable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows fits may use (ok True) and how many were excluded, by reason (keys: REASONS, always all present)."""
+    bad = df[~df["ok"].astype(bool)]
+    excluded = dict.fromkeys(REASONS, 0)
+    status = bad["status"] if "status" in bad.columns else pd.Series("completed", index=bad.index)
+    for s in status:
+        excluded["nonfinite_or_nonpositive_loss" if s == "completed" else s if s in REASONS else "incomplete"] += 1
+    rows = df[df["ok"].astype(bool)].reset_index(drop=True)
+    rows.attrs.update(df.attrs, excluded=excluded)
+    return rows, excluded
+
+
+def describe_exclusions(excluded: dict[str, int]) -> str:
+    """A fit's note on what it left out, e.g. "excluded 3 runs: 2 diverged, 1 failed" ("" when none)."""
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in excluded.items() if n]
+    return f"excluded {sum(excluded.values())} runs: {', '.join(parts)}" if parts else ""

@@ -1,0 +1,158 @@
+"""`testbed fit LAW DATA`: load -> usable points -> fit (+ bootstrap, + held-out check) -> JSON and a figure."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from testbed.analysis import fit as F
+from testbed.analysis import laws
+from testbed.analysis import load as LD
+
+from testbed.config import ConfigError
+
+# compute budgets at which derived allocations are reported (Chinchilla; C in FLOPs)
+REPORT_C = (1e18, 1e20, 1e22, 1e24)
+
+
+def _law(name: str) -> laws.Law:
+    if name not in laws.LAWS:
+        raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join(laws.LAWS)}")
+    return laws.LAWS[name]
+
+
+def _xy(law: laws.Law, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    missing = [c for c in law.inputs if c not in df.columns]
+    if missing:
+        raise ConfigError(f"fit {law.name}: the data has no {', '.join(missing)} column; map one with --columns "
+                          f"{missing[0]}=COLUMN (the law reads {', '.join(law.inputs)} and loss)")
+    return df[list(law.inputs)].to_numpy(np.float64), df["loss"].to_numpy(np.float64)
+
+
+def _holdout_mask(df: pd.DataFrame, expr: str) -> np.ndarray:
+    try:
+        mask = df.eval(expr)
+    except Exception as e:  # pandas raises many types for a bad expression
+        raise ConfigError(f"--holdout {expr!r}: cannot evaluate ({type(e).__name__}: {e}); e.g. --holdout "
+                          "\"C > 1e21\"; " + LD.FILTER_HELP) from None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all() or not mask.any():
+        raise ConfigError(f"--holdout {expr!r}: selects {int(mask.sum())} of {len(mask)} points; it must leave "
+                          "some to fit and some to predict")
+    return mask
+
+
+def _derived_at(law: laws.Law, params: dict[str, float]) -> dict[str, Any]:
+    if law is not laws.CHINCHILLA:
+        return {}
+    return {f"C={c:.0e}": {k: float(v) for k, v in laws.chinchilla_optimum(params, c).items()} for c in REPORT_C}
+
+
+def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
+        bootstrap: int = 0, holdout: str | None = None, seed: int = 0) -> tuple[dict, dict]:
+    """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
+    law = _law(law_name)
+    df = LD.load(data, columns=columns, filter=filter)
+    rows, excluded = LD.usable(df)
+    fit_rows, held = rows, None
+    if holdout:
+        mask = _holdout_mask(rows, holdout)
+        fit_rows, held = rows[~mask].reset_index(drop=True), rows[mask].reset_index(drop=True)
+    X, y = _xy(law, fit_rows)
+    res = F.fit(law, X, y, bootstrap=bootstrap, seed=seed)
+    out: dict[str, Any] = {
+        "law": law.name, "formula": law.formula, "params": res.params,
+        "ci": {k: v for k, v in (res.ci or {}).items() if k in res.params or k in res.derived} or None,
+        "derived": {**{k: v for k, v in res.derived.items() if k != "k"}, **_derived_at(law, res.params)},
+        "diagnostics": res.diagnostics, "n_points": res.n_points, "excluded": excluded,
+        "data": {"source": str(data), "derived_columns": df.attrs.get("derived", []), "filter": filter},
+    }
+    if held is not None:
+        Xh, yh = _xy(law, held)
+        pred = res.predict(Xh)
+        rel = (pred - yh) / yh
+        out["holdout"] = {"expr": holdout, "n_points": len(yh), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+                          "max_abs_rel_error": float(np.max(np.abs(rel))),
+                          "points": [{**{c: float(v) for c, v in zip(law.inputs, x, strict=True)}, "loss": float(o),
+                                      "pred": float(p), "rel_error": float(r)}
+                                     for x, o, p, r in zip(Xh, yh, pred, rel, strict=True)]}
+    return out, {"law": law, "result": res, "fit_rows": fit_rows, "held": held}
+
+
+def format_text(out: dict) -> str:
+    """The JSON's headline as a few lines for a terminal."""
+    ci = out.get("ci") or {}
+    lines = [f"{out['law']}: {out['formula']}  ({out['n_points']} points)"]
+    for k, v in out["params"].items():
+        lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
+    for k, v in out["derived"].items():
+        if isinstance(v, float):
+            lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
+    d = out["diagnostics"]
+    lines.append(f"  converged={d['converged']} grad_norm={d['grad_norm']:.2g} cond={d['hessian_condition']:.3g} "
+                 f"grid {d['grid_fit_s']}s" + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
+    if "warning" in d:
+        lines.append(f"  WARNING: {d['warning']}")
+    note = LD.describe_exclusions(out["excluded"])
+    if note:
+        lines.append(f"  {note}")
+    if "holdout" in out:
+        h = out["holdout"]
+        lines.append(f"  held out {h['n_points']} ({h['expr']}): mean |rel error| {h['mean_abs_rel_error']:.3%}, "
+                     f"max {h['max_abs_rel_error']:.3%}")
+    return "\n".join(lines)
+
+
+def jsonable(v: Any) -> Any:
+    """NaN/inf as strings, numpy scalars as floats: strict JSON."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def plot(objs: dict, out: dict, path: str | Path) -> None:
+    """Loss vs compute (6ND) coloured by N, the fitted law's curves at each N, held-out points hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    allN = np.unique(np.concatenate([rows[law.inputs[0]].to_numpy()] +
+                                    ([held[law.inputs[0]].to_numpy()] if held is not None else [])))
+    cmap = plt.get_cmap("viridis")
+    norm = matplotlib.colors.LogNorm(allN.min(), allN.max()) if allN.min() < allN.max() else None
+    color = (lambda n: cmap(norm(n))) if norm else (lambda n: cmap(0.5))
+    for frame, hollow in ((rows, False), (held, True)):
+        if frame is None:
+            continue
+        c6 = 6 * frame["N"] * frame["D"] if {"N", "D"} <= set(frame.columns) else frame["C"]
+        ax.scatter(c6, frame["loss"], s=14, facecolors="none" if hollow else [color(n) for n in frame[law.inputs[0]]],
+                   edgecolors=[color(n) for n in frame[law.inputs[0]]], label="held out" if hollow else None)
+    for n in allN[:: max(1, len(allN) // 12)]:  # a dozen curves at most
+        d = np.geomspace(rows["D"].min() / 2, rows["D"].max() * 2, 100)
+        X = np.stack([np.full_like(d, n), d], axis=1)
+        ax.plot(6 * n * d, res.predict(X), color=color(n), lw=0.8, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("compute 6ND (FLOPs)")
+    ax.set_ylabel("loss")
+    p = ", ".join(f"{k}={v:.4g}" for k, v in out["params"].items())
+    ax.set_title(f"{law.name}: {p}", fontsize=8)
+    if held is not None:
+        ax.legend(fontsize=8)
+    if norm:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=law.inputs[0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,119 @@
+"""Law fitting: recovery of known parameters, Epoch's Chinchilla reproduction, diagnostics, errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from testbed.analysis import fit as F
+from testbed.analysis import laws
+
+from testbed.config import ConfigError
+
+from .test_load import summary, write_run
+
+EPOCH_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "epoch_chinchilla" / "svg_extracted_data.csv"
+TRUE = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+
+
+def chinchilla_points(noise=5e-4, seed=0, n_sizes=7, n_tokens=8):
+    """L(N, D) from TRUE on a log grid of N x D, times log-normal noise."""
+    N, D = np.meshgrid(np.geomspace(1e7, 3e9, n_sizes), np.geomspace(1e9, 3e11, n_tokens))
+    N, D = N.ravel(), D.ravel()
+    L = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+    L = L * np.exp(noise * np.random.default_rng(seed).standard_normal(L.shape))
+    return np.stack([N, D], 1), L
+
+
+def test_chinchilla_recovers_known_parameters_with_cis_that_cover_them():
+    X, y = chinchilla_points()
+    r = F.fit(laws.CHINCHILLA, X, y, bootstrap=200)
+    for k, v in TRUE.items():
+        assert r.params[k] == pytest.approx(v, rel=0.15), k  # 0.05% noise on 56 points; B and beta trade off
+        lo, hi = r.ci[k]  # the CI's scale is right: the truth within two half-widths of its centre
+        assert hi > lo and abs(v - (lo + hi) / 2) <= (hi - lo), (k, lo, v, hi)
+    assert r.params["alpha"] == pytest.approx(0.34, abs=0.01) and r.params["beta"] == pytest.approx(0.37, abs=0.01)
+    d = r.diagnostics
+    assert d["converged"] and d["hessian_positive_definite"] and d["grad_norm"] < 1e-8
+    assert d["starts"] == 4500 and d["starts_failed"] == 0 and not d["outside_start_grid"] and not d["at_bound"]
+    assert r.derived["a"] == pytest.approx(r.params["beta"] / (r.params["alpha"] + r.params["beta"]))
+    # the compute-optimal split from the fitted law minimizes the law's loss along C = 6ND
+    opt = laws.chinchilla_optimum(r.params, 1e22)
+    n = np.geomspace(opt["N_opt"] / 3, opt["N_opt"] * 3, 201)
+    losses = F.predict(laws.CHINCHILLA, r.raw, np.stack([n, 1e22 / (6 * n)], 1))
+    assert n[np.argmin(losses)] == pytest.approx(opt["N_opt"], rel=0.02)
+
+
+def test_kaplan_recovers_known_parameters():
+    rng = np.random.default_rng(1)
+    N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6)))
+    Nc, Dc, aN, aD = 8.8e13, 5.4e13, 0.076, 0.095
+    L = ((Nc / N) ** (aN / aD) + Dc / D) ** aD * np.exp(0.001 * rng.standard_normal(N.shape))
+    r = F.fit(laws.KAPLAN, np.stack([N, D], 1), L)
+    assert r.diagnostics["converged"]
+    assert r.params["alpha_N"] == pytest.approx(aN, rel=0.05) and r.params["alpha_D"] == pytest.approx(aD, rel=0.05)
+
+
+def test_a_fit_that_did_not_converge_says_so(monkeypatch):
+    X, y = chinchilla_points()
+    monkeypatch.setattr(F, "GRID_ITERS", 1)
+    monkeypatch.setattr(F, "POLISH_ITERS", 1)
+    r = F.fit(laws.CHINCHILLA, X, y, starts=np.array([[0.0, 0.0, 0.0, 2.0, 2.0]]))
+    assert not r.diagnostics["converged"] and "NOT CONVERGED" in r.diagnostics["warning"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda X, y: (X[:5], y[:5]), "needs at least 6"),
+    (lambda X, y: (np.stack([np.full(len(y), 1e8), X[:, 1]], 1), y), "column N is constant"),
+    (lambda X, y: (X, np.where(np.arange(len(y)) == 3, -1.0, y)), "finite and positive"),
+    (lambda X, y: (np.where(X == X[0, 0], np.nan, X), y), "column N has non-finite"),
+])
+def test_degenerate_input_is_refused_with_the_reason(mutate, message):
+    X, y = mutate(*chinchilla_points())
+    with pytest.raises(ConfigError, match=message):
+        F.fit(laws.CHINCHILLA, X, y)
+
+
+@pytest.mark.skipif(not EPOCH_CSV.is_file(), reason=f"{EPOCH_CSV} not present (Epoch AI's Chinchilla extraction)")
+def test_epoch_chinchilla_approach3_reproduces_the_published_fit():
+    """240 points (the 5 highest losses dropped), D = C / 6N: Epoch's grid replication within 1%, and the 95%
+    bootstrap CIs near Epoch's (NOTES.md: E 1.769-1.871, alpha 0.317-0.373, beta 0.331-0.415)."""
+    df = pd.read_csv(EPOCH_CSV).sort_values("loss").iloc[:-5]
+    N = df["Model Size"].to_numpy(float)
+    X, y = np.stack([N, df["Training FLOP"].to_numpy(float) / (6 * N)], 1), df["loss"].to_numpy(float)
+    r = F.fit(laws.CHINCHILLA, X, y, bootstrap=1000)
+    epoch_grid = {"E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.34731, "beta": 0.36718}
+    for k, v in epoch_grid.items():
+        assert r.params[k] == pytest.approx(v, rel=0.01), k
+    assert r.diagnostics["converged"] and r.n_points == 240
+    assert r.derived["a"] == pytest.approx(0.513, abs=0.005)
+    for k, (lo, hi) in {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}.items():
+        assert r.ci[k][0] == pytest.approx(lo, abs=0.02) and r.ci[k][1] == pytest.approx(hi, abs=0.02), k
+
+
+def test_cli_fit_on_a_sweep_directory_json_holdout_and_plot(tmp_path, cli):
+    """A sweep directory (runs as testbed writes them) through `testbed fit --json --holdout --plot`."""
+    sweep = tmp_path / "sweep"
+    X, y = chinchilla_points(n_sizes=4, n_tokens=5)
+    for i, ((n, d), loss) in enumerate(zip(X, y, strict=True)):
+        write_run(sweep, f"r{i:02d}", [f"seed={i}"], summary(eval_loss=float(loss), n=int(n), tokens=float(d),
+                                                             flops=6 * n * d))
+    write_run(sweep, "zdiv", ["seed=99"], summary("diverged", eval_loss="nan", n=10**8, tokens=1e10))
+    plot = tmp_path / "fit.png"
+    r = cli("fit", "chinchilla", str(sweep), "--json", "--bootstrap", "50", "--holdout", "N > 1e9",
+            "--plot", str(plot))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) >= {"law", "params", "ci", "derived", "diagnostics", "n_points", "excluded", "holdout"}
+    assert set(out["params"]) == {"E", "A", "B", "alpha", "beta"} and set(out["ci"]) >= set(out["params"])
+    assert out["excluded"]["diverged"] == 1 and out["n_points"] == 15  # 20 runs, 5 with N > 1e9 held out
+    h = out["holdout"]
+    assert h["n_points"] == 5 and h["mean_abs_rel_error"] < 0.02 and len(h["points"]) == 5
+    assert "C=1e+22" in out["derived"] and plot.stat().st_size > 10_000
+    bad = cli("fit", "chinchilla", str(sweep), "--holdout", "N > 1e20")
+    assert bad.returncode == 2 and "--holdout" in bad.stderr
+    bad = cli("fit", "nolaw", str(sweep))
+    assert bad.returncode == 2 and "choose one of" in bad.stderr
