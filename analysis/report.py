@@ -19,9 +19,20 @@ REPORT_C = (1e18, 1e20, 1e22, 1e24)
 
 
 def _law(name: str) -> laws.Law:
-    if name not in laws.LAWS:
-        raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join(laws.LAWS)}")
-    return laws.LAWS[name]
+    from testbed.analysis import vp
+
+    known = {**laws.LAWS, vp.LAW.name: vp.LAW}
+    if name not in known:
+        raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join(known)}")
+    return known[name]
+
+
+def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> F.FitResult:
+    if law.name == "chinchilla-vp":
+        from testbed.analysis import vp
+
+        return vp.fit_vp(X, y, bootstrap=bootstrap, seed=seed)
+    return F.fit(law, X, y, bootstrap=bootstrap, seed=seed)
 
 
 def _xy(law: laws.Law, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +57,7 @@ def _holdout_mask(df: pd.DataFrame, expr: str) -> np.ndarray:
 
 
 def _derived_at(law: laws.Law, params: dict[str, float]) -> dict[str, Any]:
-    if law is not laws.CHINCHILLA:
+    if law.inputs != laws.CHINCHILLA.inputs or law.raw != laws.CHINCHILLA.raw:
         return {}
     return {f"C={c:.0e}": {k: float(v) for k, v in laws.chinchilla_optimum(params, c).items()} for c in REPORT_C}
 
@@ -62,7 +73,7 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
         mask = _holdout_mask(rows, holdout)
         fit_rows, held = rows[~mask].reset_index(drop=True), rows[mask].reset_index(drop=True)
     X, y = _xy(law, fit_rows)
-    res = F.fit(law, X, y, bootstrap=bootstrap, seed=seed)
+    res = _fit(law, X, y, bootstrap, seed)
     out: dict[str, Any] = {
         "law": law.name, "formula": law.formula, "params": res.params,
         "ci": {k: v for k, v in (res.ci or {}).items() if k in res.params or k in res.derived} or None,
@@ -92,8 +103,9 @@ def format_text(out: dict) -> str:
         if isinstance(v, float):
             lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
     d = out["diagnostics"]
-    lines.append(f"  converged={d['converged']} grad_norm={d['grad_norm']:.2g} cond={d['hessian_condition']:.3g} "
-                 f"grid {d['grid_fit_s']}s" + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
+    extra = "".join(f" {k}={d[k]:.3g}" for k in ("grad_norm", "hessian_condition") if k in d)
+    lines.append(f"  converged={d['converged']}{extra} fit {d['grid_fit_s']}s"
+                 + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
     if "warning" in d:
         lines.append(f"  WARNING: {d['warning']}")
     note = LD.describe_exclusions(out["excluded"])

@@ -47,6 +47,21 @@ def test_chinchilla_recovers_known_parameters_with_cis_that_cover_them():
     assert n[np.argmin(losses)] == pytest.approx(opt["N_opt"], rel=0.02)
 
 
+def test_variable_projection_recovers_known_parameters_and_flags_a_grid_edge():
+    from testbed.analysis import vp
+
+    X, y = chinchilla_points()
+    r = vp.fit_vp(X, y, bootstrap=50)
+    for k, v in TRUE.items():
+        assert r.params[k] == pytest.approx(v, rel=0.15), k
+    assert r.diagnostics["converged"] and r.ci["alpha"][0] < r.params["alpha"] < r.ci["alpha"][1]
+    # exponents far outside the search grid (alpha = 3): the fit says it did not converge
+    N, D = X[:, 0], X[:, 1]
+    steep = 1.8 + 4e20 / N**3.0 + 2000.0 / D**0.37
+    bad = vp.fit_vp(X, steep)
+    assert not bad.diagnostics["converged"] and "edge" in bad.diagnostics["warning"]
+
+
 def test_kaplan_recovers_known_parameters():
     rng = np.random.default_rng(1)
     N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6)))
