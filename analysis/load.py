@@ -161,8 +161,11 @@ def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
 
 
 def _derive(df: pd.DataFrame) -> list[str]:
-    """Fills D or C from C = 6 N D where the other two are given; returns what was derived."""
+    """Fills N, D or C from C = 6 N D where the other two are given; returns what was derived."""
     derived = []
+    if "N" not in df.columns and {"C", "D"} <= set(df.columns):
+        df["N"] = df["C"] / (6 * df["D"])
+        derived.append("N = C / (6 D)")
     if "D" not in df.columns and {"C", "N"} <= set(df.columns):
         df["D"] = df["C"] / (6 * df["N"])
         derived.append("D = C / (6 N)")

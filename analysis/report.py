@@ -23,8 +23,35 @@ def _law(name: str) -> laws.Law:
 
     known = {**laws.LAWS, vp.LAW.name: vp.LAW}
     if name not in known:
-        raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join(known)}")
+        raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join([*known, *TABLE_FITS])}")
     return known[name]
+
+
+def _isoflop(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Approach 2 on one row per run; budgets from the exact FLOPs C (or a mapped budget column)."""
+    from testbed.analysis import isoflop
+
+    rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
+    out = isoflop.isoflop_fit(rows, bootstrap=bootstrap, seed=seed)
+    return {**out, "excluded": excluded}, {"kind": "isoflop", "rows": rows}
+
+
+def _envelope(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Approach 1 on full curves: runs that did not complete are left out."""
+    from testbed.analysis import isoflop
+
+    cur = LD.curves(data, columns=columns, filter=filter)
+    excluded = dict.fromkeys(LD.REASONS, 0)
+    if "ok" in cur.columns:
+        runs = cur.drop_duplicates("run_id")
+        excluded = LD.usable(runs)[1]
+        cur = cur[cur["ok"].astype(bool)]
+    out = isoflop.envelope_fit(cur, bootstrap=bootstrap, seed=seed)
+    return {**out, "excluded": excluded}, {"kind": "envelope", "curves": cur}
+
+
+# fits over a table (not one Law through analysis/fit.py): name -> (data, columns, filter, bootstrap, seed)
+TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope}
 
 
 def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> F.FitResult:
@@ -65,6 +92,11 @@ def _derived_at(law: laws.Law, params: dict[str, float]) -> dict[str, Any]:
 def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
         bootstrap: int = 0, holdout: str | None = None, seed: int = 0) -> tuple[dict, dict]:
     """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
+    if law_name in TABLE_FITS:
+        if holdout:
+            raise ConfigError(f"--holdout: not supported for {law_name} (it fits power laws through per-budget "
+                              "optima); use chinchilla or kaplan for held-out checks")
+        return TABLE_FITS[law_name](data, columns, filter, bootstrap, seed)
     law = _law(law_name)
     df = LD.load(data, columns=columns, filter=filter)
     rows, excluded = LD.usable(df)
@@ -90,7 +122,39 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
                           "points": [{**{c: float(v) for c, v in zip(law.inputs, x, strict=True)}, "loss": float(o),
                                       "pred": float(p), "rel_error": float(r)}
                                      for x, o, p, r in zip(Xh, yh, pred, rel, strict=True)]}
-    return out, {"law": law, "result": res, "fit_rows": fit_rows, "held": held}
+    return out, {"kind": "law", "law": law, "result": res, "fit_rows": fit_rows, "held": held}
+
+
+def _plot_optima(objs: dict, out: dict, path: str | Path) -> None:
+    """IsoFLOP: loss vs N per budget with the parabola vertices; both: N_opt(C) points and the power law."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if objs["kind"] == "isoflop" else 1, figsize=(10 if objs["kind"] == "isoflop"
+                                                                                   else 5, 4), squeeze=False)
+    pts = out["derived"]["budgets" if objs["kind"] == "isoflop" else "bins"]
+    if objs["kind"] == "isoflop":
+        ax, rows = axes[0, 0], objs["rows"]
+        cmap = plt.get_cmap("viridis")
+        used = [b for b in pts if b.get("used")]
+        for i, b in enumerate(used):
+            sel = np.isclose(rows["C"], b["C"], rtol=0.05)
+            color = cmap(i / max(1, len(used) - 1))
+            ax.scatter(rows["N"][sel], rows["loss"][sel], s=12, color=color, label=f"C={b['C']:.2g}")
+            ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=120, color=color, edgecolors="k")
+        ax.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title="IsoFLOP profiles and vertices")
+        ax.legend(fontsize=6)
+    ax = axes[0, -1]
+    good = [b for b in pts if b.get("used", True)]
+    c = np.array([b["C"] for b in good])
+    ax.scatter(c, [b["N_opt"] for b in good], color="k", s=14, label="N_opt per budget")
+    grid = np.geomspace(c.min() / 3, c.max() * 3, 50)
+    p = out["params"]
+    ax.plot(grid, p["k_N"] * grid ** p["a"], color="C3", label=f"N_opt = {p['k_N']:.3g} C^{p['a']:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N_opt", title=out["law"])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def format_text(out: dict) -> str:
@@ -104,7 +168,7 @@ def format_text(out: dict) -> str:
             lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
     d = out["diagnostics"]
     extra = "".join(f" {k}={d[k]:.3g}" for k in ("grad_norm", "hessian_condition") if k in d)
-    lines.append(f"  converged={d['converged']}{extra} fit {d['grid_fit_s']}s"
+    lines.append(f"  converged={d['converged']}{extra} fit {d.get('grid_fit_s', '-')}s"
                  + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
     if "warning" in d:
         lines.append(f"  WARNING: {d['warning']}")
@@ -137,6 +201,9 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if objs["kind"] != "law":
+        return _plot_optima(objs, out, path)
 
     law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

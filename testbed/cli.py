@@ -194,6 +194,21 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from testbed.analysis import compare, load, report
+
+    out, curves = compare.compare(args.a, args.b, law=args.law, bootstrap=args.bootstrap, seed=args.seed,
+                                  columns=load.parse_columns(args.columns), filter=args.filter)
+    if args.plot:
+        compare.plot(curves, out, args.plot)
+        out["plot"] = args.plot
+    if args.json:
+        print(json.dumps(report.jsonable(out)))
+    else:
+        print(compare.format_text(out))
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -316,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("fit", help="fit a scaling law to a sweep directory or a CSV, with bootstrap CIs")
-    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan")
+    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | isoflop (Approach 2) | envelope (Approach 1)")
     p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
     p.add_argument("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
                    " (D = C / 6N when only C is given)")
@@ -327,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write the fit figure here (.png, .svg or .pdf)")
     p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("compare", help="fit one law to two sweeps; differences, L*(C) across compute, crossover")
+    p.add_argument("a", help="sweep directory or CSV (recipe A)")
+    p.add_argument("b", help="sweep directory or CSV (recipe B)")
+    p.add_argument("--law", default="chinchilla", help="chinchilla | chinchilla-vp")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="resamples per sweep (>= 20)")
+    p.add_argument("--columns", help="column mapping for CSV inputs, as in testbed fit")
+    p.add_argument("--filter", help="pandas query applied to both inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="write the comparison figure here")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("transfer", help="LR/WD transfer across width or depth, from a sweep's run directories")
     p.add_argument("sweep_dir", help="directory whose subdirectories are run directories")

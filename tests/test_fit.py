@@ -132,3 +132,23 @@ def test_cli_fit_on_a_sweep_directory_json_holdout_and_plot(tmp_path, cli):
     assert bad.returncode == 2 and "--holdout" in bad.stderr
     bad = cli("fit", "nolaw", str(sweep))
     assert bad.returncode == 2 and "choose one of" in bad.stderr
+
+
+def test_cli_fit_isoflop_from_a_csv_with_budgets(tmp_path, cli):
+    """Approach 2 through `testbed fit isoflop`: N derived from C / 6D, vertices per budget, a figure."""
+    rows = []
+    q = TRUE
+    for c in (1e18, 1e19, 1e20):
+        a_exp = q["beta"] / (q["alpha"] + q["beta"])
+        G = (q["alpha"] * q["A"] / (q["beta"] * q["B"])) ** (1 / (q["alpha"] + q["beta"]))
+        for n in G * (c / 6) ** a_exp * np.geomspace(0.25, 4, 9):
+            d = c / (6 * n)
+            rows.append({"budget": c, "tokens": d, "loss": q["E"] + q["A"] / n ** q["alpha"] + q["B"] / d ** q["beta"]})
+    path = tmp_path / "iso.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    r = cli("fit", "isoflop", str(path), "--columns", "C=budget,D=tokens,loss=loss", "--json", "--plot",
+            str(tmp_path / "iso.png"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["law"] == "isoflop" and out["params"]["a"] == pytest.approx(0.521, abs=0.02)
+    assert out["diagnostics"]["converged"] and (tmp_path / "iso.png").stat().st_size > 10_000
