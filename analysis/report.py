@@ -50,8 +50,29 @@ def _envelope(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     return {**out, "excluded": excluded}, {"kind": "envelope", "curves": cur}
 
 
+def _annealing(data, columns, filter, bootstrap, seed, holdout=None) -> tuple[dict, dict]:
+    """The LR-annealing law on full curves; --holdout selects runs whose curves are predicted, not fitted."""
+    from testbed.analysis import annealing
+
+    cur = LD.curves(data, columns=columns, filter=filter)
+    excluded = dict.fromkeys(LD.REASONS, 0)
+    if "ok" in cur.columns:
+        excluded = LD.usable(cur.drop_duplicates("run_id"))[1]
+        cur = cur[cur["ok"].astype(bool)]
+    held: list[str] = []
+    if holdout:
+        held = sorted(set(cur.loc[_holdout_mask(cur, holdout), "run_id"]))
+    fit_ids = sorted(set(cur["run_id"]) - set(held))
+    out = annealing.fit_annealing(cur, fit_runs=fit_ids)
+    if held:
+        pred = annealing.predict_runs(out, cur, held)
+        errs = [p["mean_abs_rel_error"] for p in pred.values()]
+        out["holdout"] = {"expr": holdout, "runs": pred, "mean_abs_rel_error": float(np.mean(errs))}
+    return {**out, "excluded": excluded}, {"kind": "annealing", "curves": cur}
+
+
 # fits over a table (not one Law through analysis/fit.py): name -> (data, columns, filter, bootstrap, seed)
-TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope}
+TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope, "annealing": _annealing}
 
 
 def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> F.FitResult:
@@ -92,6 +113,8 @@ def _derived_at(law: laws.Law, params: dict[str, float]) -> dict[str, Any]:
 def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
         bootstrap: int = 0, holdout: str | None = None, seed: int = 0) -> tuple[dict, dict]:
     """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
+    if law_name == "annealing":
+        return _annealing(data, columns, filter, bootstrap, seed, holdout)
     if law_name in TABLE_FITS:
         if holdout:
             raise ConfigError(f"--holdout: not supported for {law_name} (it fits power laws through per-budget "
@@ -177,8 +200,12 @@ def format_text(out: dict) -> str:
         lines.append(f"  {note}")
     if "holdout" in out:
         h = out["holdout"]
-        lines.append(f"  held out {h['n_points']} ({h['expr']}): mean |rel error| {h['mean_abs_rel_error']:.3%}, "
-                     f"max {h['max_abs_rel_error']:.3%}")
+        if "runs" in h:  # annealing: whole curves predicted
+            lines.append(f"  held out {len(h['runs'])} run(s) ({h['expr']}): curves predicted with mean |rel error| "
+                         f"{h['mean_abs_rel_error']:.3%}")
+        else:
+            lines.append(f"  held out {h['n_points']} ({h['expr']}): mean |rel error| "
+                         f"{h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}")
     return "\n".join(lines)
 
 
@@ -202,8 +229,10 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if objs["kind"] != "law":
+    if objs["kind"] in ("isoflop", "envelope"):
         return _plot_optima(objs, out, path)
+    if objs["kind"] == "annealing":
+        raise ConfigError("--plot: no figure for annealing yet; use --json and plot the curves")
 
     law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

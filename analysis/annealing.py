@@ -1,0 +1,225 @@
+"""The LR-annealing law (Tissue et al. 2024; REFERENCE.md section 4): a whole loss curve from its LR schedule.
+
+    L(s) = L0 + A * S1(s)^-alpha - C * S2(s)
+
+S1 (forward area) is the sum of the LR over updates 1..s, warmup counted at the peak LR; S2 (annealing area) is
+the sum of the momentum m_i = lam * m_(i-1) + (eta_(i-1) - eta_i). The LR is the one applied (peak LR times the
+schedule's factor, as logged), so A and C are in those units. Fitted on one or two full curves, the law predicts
+the curve of any other schedule: `predict_curve` for an LR sequence, `predict_runs` for logged runs.
+
+Alignment with the logs (testbed/train.py): logged step k's `lr` is update k's LR; its `eval_loss` is measured
+after update k, its `train_loss` on the batch of update k, i.e. after k - 1 updates. Steps not logged get their
+LR by linear interpolation between logged steps (exact for constant and linear pieces).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+from testbed.analysis import fit as F
+from testbed.analysis.laws import Law
+
+from testbed.config import ConfigError
+
+LAMS = (0.99, 0.995, 0.999, 0.9995)  # lam=None: the grid searched, the lowest objective wins
+FLOOR = 1e-9  # the predictor floors L here: log L stays finite where a start's parameters make L <= 0
+
+
+def areas(lr: np.ndarray, lam: float = 0.999, warmup_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(S1, S2) after each update of the LR sequence lr (lr[i] is update i + 1's LR; S1[i] sums lr[0..i]).
+
+    The first warmup_steps updates count at the peak LR (REFERENCE.md: "warmup counted at peak"; the peak is the
+    highest LR through the end of warmup), for S1 and for the momentum alike, so warmup adds no negative S2.
+    """
+    eta = np.array(lr, dtype=np.float64).ravel()
+    if warmup_steps > 0 and eta.size:
+        eta[:warmup_steps] = eta[: warmup_steps + 1].max()
+    s1 = np.cumsum(eta)
+    drop = np.zeros_like(eta)
+    drop[1:] = eta[:-1] - eta[1:]  # eta_(i-1) - eta_i; the first update has no predecessor (m_0 = 0)
+    # m_i = lam * m_(i-1) + drop_i is exactly the first-order IIR filter 1 / (1 - lam z^-1): lfilter runs it in C
+    m = lfilter([1.0], [1.0, -lam], drop)
+    return s1, np.cumsum(m)
+
+
+def _log_predict(theta, X):
+    """log L with L = L0 + A S1^-alpha - C S2 floored at FLOOR (jnp.maximum: a start whose L <= 0 everywhere
+    has zero gradient and stays put; the grid's other starts carry the fit; at the optimum L > 0 and the floor
+    is inactive)."""
+    L0, log_a, alpha, c = theta[0], theta[1], theta[2], theta[3]
+    L = L0 + jnp.exp(log_a - alpha * jnp.log(X[:, 0])) - c * X[:, 1]
+    return jnp.log(jnp.maximum(L, FLOOR))
+
+
+ANNEALING = Law(
+    name="annealing",
+    formula="L(s) = L0 + A * S1^-alpha - C * S2  (S1 = sum of LR, S2 = sum of LR-drop momentum, lam)",
+    inputs=("S1", "S2"),
+    raw=("L0", "log_A", "alpha", "C"),
+    # a generic grid; fit_annealing builds its starts from the data (_starts)
+    grid={"L0": (1.0, 2.0, 3.0), "log_A": (-2.0, 0.0, 2.0), "alpha": (0.2, 0.5, 1.0), "C": (0.0, 0.5, 2.0)},
+    log_predict=_log_predict,
+    natural=lambda p: {"L0": p["L0"], "A": float(np.exp(p["log_A"])), "alpha": p["alpha"], "C": p["C"]},
+    bounds={"L0": (0.0, np.inf), "alpha": (0.0, 3.0), "C": (0.0, np.inf)},  # outside: listed in at_bound
+)
+
+
+def _starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """4 x 3 x 3 x 3 starts: L0 at fractions of the lowest loss, alpha in {0.2, 0.5, 1}, A putting the S1 term
+    at e^{-1, 0, 1} x (median - min loss) at the median S1, C in {0, 0.5, 2} x (that span / max |S2|)."""
+    lo, span = float(y.min()), max(float(np.median(y) - y.min()), 1e-3 * float(y.min()))
+    s1_med, scale = float(np.median(X[:, 0])), span / max(float(np.abs(X[:, 1]).max()), 1e-12)
+    return np.array([[lo * f, np.log(span) + alpha * np.log(s1_med) + k, alpha, c * scale]
+                     for f, alpha, k, c in itertools.product((0.5, 0.8, 0.95, 1.0), (0.2, 0.5, 1.0),
+                                                             (-1.0, 0.0, 1.0), (0.0, 0.5, 2.0))])
+
+
+@functools.cache
+def _solver(iters: int):
+    """fit.py's damped Newton, vmapped over starts and jitted once per process (a lam search reuses it)."""
+    return jax.jit(jax.vmap(F._newton(F._objective(ANNEALING), iters), in_axes=(0, None, None, None)))
+
+
+def _fit(X: np.ndarray, y: np.ndarray) -> F.FitResult:
+    """fit.fit's grid + polish, less its input check: that one wants every column > 0 (power-law inputs), and
+    S2 is 0 until the LR first drops."""
+    law, starts = ANNEALING, _starts(X, y)
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+        f = F._objective(law)
+        Xj, logy, w1 = jnp.asarray(X), jnp.log(jnp.asarray(y)), jnp.ones(len(y))
+        thetas, vals, gnorms = (np.array(a) for a in _solver(F.GRID_ITERS)(jnp.asarray(starts), Xj, logy, w1))
+        top = np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:F.POLISH]
+        pt, pv, pg = map(np.asarray, _solver(F.POLISH_ITERS)(jnp.asarray(thetas[top]), Xj, logy, w1))
+        keep = np.isfinite(pv) & (pv <= vals[top])
+        thetas[top[keep]], vals[top[keep]], gnorms[top[keep]] = pt[keep], pv[keep], pg[keep]
+        best = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.inf)))
+        H = np.asarray(jax.hessian(f)(jnp.asarray(thetas[best]), Xj, logy, w1))
+    raw = dict(zip(law.raw, map(float, thetas[best]), strict=True))
+    diag = F._diagnostics(law, starts, thetas, vals, gnorms, best, H, len(y))
+    diag["grid_fit_s"] = round(time.perf_counter() - t0, 3)
+    return F.FitResult(law, raw, law.natural(raw), {}, diag, len(y))
+
+
+def _warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:
+    """The given warmup, else the run's optim.warmup_steps config column, else 0."""
+    if warmup_steps is not None:
+        return int(warmup_steps)
+    if "optim.warmup_steps" in g.columns:
+        w = pd.to_numeric(g["optim.warmup_steps"], errors="coerce").iloc[0]
+        return int(w) if np.isfinite(w) else 0
+    return 0
+
+
+def _run_series(g: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
+    """One run's (steps, S1, S2, loss) at its logged steps with a finite metric, past skip_steps, with S1 > 0."""
+    for c in ("step", "lr", metric):
+        if c not in g.columns:
+            raise ConfigError(f"annealing: curves have no {c!r} column (analysis/load.py curves() gives them)")
+    step, lr, y = (pd.to_numeric(g[c], errors="coerce").to_numpy(float) for c in ("step", "lr", metric))
+    ok = np.isfinite(step) & np.isfinite(lr) & (step >= 1)
+    if not ok.any():
+        raise ConfigError(f"annealing: run {g['run_id'].iloc[0]} has no logged step with a finite lr")
+    order = np.argsort(step[ok])
+    n = int(step[ok].max())
+    lr_all = np.interp(np.arange(1, n + 1), step[ok][order], lr[ok][order])  # update k's LR at index k - 1
+    S1, S2 = areas(lr_all, lam, _warmup_of(g, warmup_steps))
+    # logged step k -> index of the S after k updates (eval_loss) or k - 1 (train_loss; module docstring)
+    idx = np.nan_to_num(step, nan=-1).astype(int) - (2 if metric == "train_loss" else 1)
+    keep = ok & (idx >= 0) & np.isfinite(y) & (step > skip_steps)
+    keep[keep] &= S1[idx[keep]] > 0
+    return step[keep], S1[idx[keep]], S2[idx[keep]], y[keep]
+
+
+def _points(df: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
+    parts = [_run_series(g, metric, lam, skip_steps, warmup_steps) for _, g in df.groupby("run_id", sort=True)]
+    X = np.concatenate([np.stack([p[1], p[2]], 1) for p in parts])
+    return X, np.concatenate([p[3] for p in parts])
+
+
+def _check(X: np.ndarray, y: np.ndarray) -> None:
+    if len(y) < 2 * len(ANNEALING.raw):
+        raise ConfigError(f"fit annealing: {len(y)} usable curve points; need at least {2 * len(ANNEALING.raw)}")
+    if not np.all(np.isfinite(X)) or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ConfigError("fit annealing: losses must be finite and positive, LRs finite")
+    if np.ptp(X[:, 1]) <= 0:
+        raise ConfigError("fit annealing: S2 is constant (the LR never drops), so C cannot be identified; "
+                          "fit a run whose LR decays (cosine, WSD cooldown, ...)")
+
+
+def fit_annealing(curves_df: pd.DataFrame, *, metric: str = "train_loss", lam: float | None = 0.999,
+                  fit_runs: Iterable[str] | None = None, skip_steps: int = 0,
+                  warmup_steps: int | None = None) -> dict:
+    """Fit the law to the full curves of runs (all, or those in fit_runs) from load.curves(); `testbed fit` JSON.
+
+    lam: fixed; None searches LAMS and keeps the lowest objective (diagnostics.lam_search). skip_steps drops
+    logged steps <= it. warmup_steps: None reads each run's optim.warmup_steps column (else 0).
+    """
+    df = curves_df
+    if fit_runs is not None:
+        runs = [str(r) for r in fit_runs]
+        missing = sorted(set(runs) - set(df["run_id"].astype(str)))
+        if missing:
+            raise ConfigError(f"fit annealing: fit_runs {missing} are not in the curves")
+        df = df[df["run_id"].astype(str).isin(runs)]
+    if df.empty:
+        raise ConfigError("fit annealing: no curve rows to fit")
+    fits = {}
+    for lm in (LAMS if lam is None else (float(lam),)):
+        X, y = _points(df, metric, lm, skip_steps, warmup_steps)
+        _check(X, y)
+        fits[lm] = (_fit(X, y), X, y)
+    lam_best = min(fits, key=lambda k: fits[k][0].diagnostics["objective"])
+    res, X, y = fits[lam_best]
+    pred = res.predict(X)
+    diag = {**res.diagnostics, "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+            "mean_abs_rel_error": float(np.mean(np.abs(pred - y) / y)), "metric": metric,
+            "fit_runs": sorted(map(str, df["run_id"].unique())), "skip_steps": skip_steps,
+            "lam_chosen_by": "fixed" if lam is not None else "grid"}
+    if lam is None:
+        diag["lam_search"] = {str(k): v[0].diagnostics["objective"] for k, v in fits.items()}
+    return {"law": ANNEALING.name, "formula": ANNEALING.formula, "params": {**res.params, "lam": lam_best},
+            "ci": None, "derived": {}, "diagnostics": diag, "n_points": res.n_points}
+
+
+def _law_value(params: dict, S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return params["L0"] + params["A"] * np.asarray(S1, float) ** -params["alpha"] - params["C"] * np.asarray(S2)
+
+
+def predict_curve(params: dict, lr_sequence: np.ndarray, lam: float | None = None,
+                  warmup_steps: int = 0) -> np.ndarray:
+    """The law's loss after each update of ANY LR sequence (entry i: after updates 1..i+1); lam defaults to
+    params["lam"] (fit_annealing's), else 0.999."""
+    lam = params.get("lam", 0.999) if lam is None else lam
+    return _law_value(params, *areas(lr_sequence, lam, warmup_steps))
+
+
+def predict_runs(result: dict, curves_df: pd.DataFrame, run_ids: Iterable[str], *, skip_steps: int = 0,
+                 warmup_steps: int | None = None) -> dict[str, dict]:
+    """Other runs' curves predicted from their logged LR sequences (the law's point: fit on one schedule,
+    predict another), with relative errors (pred - obs) / obs: mean |.| over logged steps and at the last one."""
+    p, metric = result["params"], result["diagnostics"].get("metric", "train_loss")
+    out = {}
+    for rid in map(str, run_ids):
+        g = curves_df[curves_df["run_id"].astype(str) == rid]
+        if g.empty:
+            raise ConfigError(f"predict annealing: run {rid} is not in the curves")
+        step, S1, S2, y = _run_series(g, metric, p["lam"], skip_steps, warmup_steps)
+        if not len(y):
+            raise ConfigError(f"predict annealing: run {rid} has no usable {metric} after step {skip_steps}")
+        pred = _law_value(p, S1, S2)
+        rel = (pred - y) / y
+        last = int(np.argmax(step))
+        out[rid] = {"n_points": len(y), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+                    "final_rel_error": float(rel[last]), "final_step": int(step[last]),
+                    "final_loss": float(y[last]), "final_pred": float(pred[last])}
+    return out
