@@ -26,10 +26,11 @@ from .transfer import _YAML_LOADER, _flatten, _number
 
 RUN_COLUMNS = ("run_id", "run_dir", "status", "ok", "N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss")
 CURVE_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "eval_loss")
-STANDARD = tuple(dict.fromkeys(RUN_COLUMNS + CURVE_COLUMNS + ("loss_se", "steps", "data_entropy")))
+# err: a downstream error rate (testbed fit downstream); bs: batch size in tokens (testbed fit steplaw)
+STANDARD = tuple(dict.fromkeys(RUN_COLUMNS + CURVE_COLUMNS + ("loss_se", "steps", "data_entropy", "err", "bs")))
 MAPPABLE = tuple(c for c in STANDARD if c != "ok")  # `ok` is always derived
-NUMERIC = ("N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss", "loss_se", "steps", "data_entropy",
-           *CURVE_COLUMNS)
+NUMERIC = ("N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss", "loss_se", "steps", "data_entropy", "err",
+           "bs", *CURVE_COLUMNS)
 # usable()'s exclusion reasons; every key is always present. A status other than completed/diverged/failed
 # (no summary.json yet, "pending", ...) counts as incomplete; a completed run whose loss is NaN, inf or <= 0
 # counts under the last key.

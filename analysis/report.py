@@ -71,8 +71,39 @@ def _annealing(data, columns, filter, bootstrap, seed, holdout=None) -> tuple[di
     return {**out, "excluded": excluded}, {"kind": "annealing", "curves": cur}
 
 
+def _overtrain(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Gadre et al.'s L(C, M), M = D / N, C = 6ND."""
+    from testbed.analysis import overtrain
+
+    rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
+    return {**overtrain.fit_overtrain(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "table"}
+
+
+def _downstream(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Err = eps - k exp(-gamma L): needs an `err` column (--columns err=COL)."""
+    from testbed.analysis import overtrain
+
+    rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
+    return {**overtrain.fit_downstream(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "table"}
+
+
+def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Step Law on the near-optimal band; a sweep's lr, batch (sequences x seq_len) and non-embedding N."""
+    from testbed.analysis import hplaws
+
+    rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
+    if "optim.lr" in rows.columns:  # a testbed sweep directory
+        kw = {"lr_col": "optim.lr", "bs_col": "train.batch_size", "seq_len": "data.seq_len", "n_col": "N_nonembed"}
+    else:
+        kw = {"lr_col": "lr", "bs_col": "bs", "n_col": "N"}
+    out = hplaws.fit_steplaw(rows, bootstrap=bootstrap, seed=seed, **kw)
+    return {**out, "excluded": excluded}, {"kind": "table"}
+
+
+NO_FIGURE = ("annealing", "overtrain", "downstream", "steplaw")
 # fits over a table (not one Law through analysis/fit.py): name -> (data, columns, filter, bootstrap, seed)
-TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope, "annealing": _annealing}
+TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope, "annealing": _annealing, "overtrain": _overtrain,
+              "downstream": _downstream, "steplaw": _steplaw}
 
 
 def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> F.FitResult:
@@ -231,8 +262,8 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
 
     if objs["kind"] in ("isoflop", "envelope"):
         return _plot_optima(objs, out, path)
-    if objs["kind"] == "annealing":
-        raise ConfigError("--plot: no figure for annealing yet; use --json and plot the curves")
+    if objs["kind"] in ("annealing", "table"):
+        raise ConfigError(f"--plot: no figure for {out['law']} yet; use --json")
 
     law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -182,6 +182,8 @@ def cmd_transfer(args) -> int:
 def cmd_fit(args) -> int:
     from testbed.analysis import load, report
 
+    if args.plot and args.law in report.NO_FIGURE:
+        raise C.ConfigError(f"--plot: no figure for {args.law} yet; drop --plot and use --json")
     out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
                            bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed)
     if args.plot:
@@ -331,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("fit", help="fit a scaling law to a sweep directory or a CSV, with bootstrap CIs")
-    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | isoflop | envelope | annealing (curves)")
+    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | isoflop | envelope | annealing | overtrain | "
+                   "downstream | steplaw")
     p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
     p.add_argument("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
                    " (D = C / 6N when only C is given)")
