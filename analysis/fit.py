@@ -37,6 +37,7 @@ class FitResult:
     n_points: int
     ci: dict[str, list[float]] | None = None
     boot: dict[str, np.ndarray] | None = None  # per-resample natural params and derived values
+    boot_raw: np.ndarray | None = None  # per-resample raw parameters [K, P] (predictions with CIs)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return predict(self.law, self.raw, X)
@@ -47,6 +48,13 @@ def predict(law: Law, raw: dict[str, float], X: np.ndarray) -> np.ndarray:
     with jax.enable_x64(True):
         theta = jnp.asarray([raw[k] for k in law.raw], jnp.float64)
         return np.exp(np.asarray(law.log_predict(theta, jnp.asarray(X, jnp.float64))))
+
+
+def predict_many(law: Law, thetas: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """L at the rows of X for each raw parameter vector: [K, n] (bootstrap bands of predictions)."""
+    with jax.enable_x64(True):
+        f = jax.vmap(law.log_predict, in_axes=(0, None))
+        return np.exp(np.asarray(f(jnp.asarray(thetas, jnp.float64), jnp.asarray(X, jnp.float64))))
 
 
 def _objective(law: Law):
@@ -135,6 +143,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
             bt, bv, bg = map(np.asarray, boot_solve(jnp.asarray(theta), Xj, logy, jnp.asarray(W)))
             ok = np.isfinite(bv) & (bg <= GRAD_TOL * len(y))
             result.boot, result.ci = _bootstrap_summary(law, bt[ok], bv[ok])
+            result.boot_raw = bt[ok]
             diag["bootstrap"] = {"resamples": bootstrap, "not_converged": int((~ok).sum()), "seed": seed,
                                  "refits_start_at": "the point estimate", "fit_s": round(time.perf_counter() - t1, 3)}
             if (~ok).sum() > 0.01 * bootstrap:

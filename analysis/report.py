@@ -135,17 +135,50 @@ def _holdout_mask(df: pd.DataFrame, expr: str) -> np.ndarray:
     return mask
 
 
-def _derived_at(law: laws.Law, params: dict[str, float]) -> dict[str, Any]:
+def _derived_at(law: laws.Law, res: F.FitResult) -> dict[str, Any]:
+    """N_opt, D_opt, tokens per parameter and loss at REPORT_C, with bootstrap percentile CIs when resampled."""
     if law.inputs != laws.CHINCHILLA.inputs or law.raw != laws.CHINCHILLA.raw:
         return {}
-    return {f"C={c:.0e}": {k: float(v) for k, v in laws.chinchilla_optimum(params, c).items()} for c in REPORT_C}
+    out = {}
+    for c in REPORT_C:
+        point = {k: float(v) for k, v in laws.chinchilla_optimum(res.params, c).items()}
+        if res.boot:
+            boot = laws.chinchilla_optimum({k: res.boot[k] for k in res.params}, c)
+            point["ci"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot.items()}
+        out[f"C={c:.0e}"] = point
+    return out
+
+
+def _predictions(law: laws.Law, res: F.FitResult, text: str | None) -> list[dict] | None:
+    """--predict 'N=1e9,D=2e10;N=3e9,D=6e10': the law's loss at each point (+ a bootstrap CI)."""
+    if not text:
+        return None
+    out = []
+    for item in text.split(";"):
+        try:
+            point = {k.strip(): float(v) for k, v in (kv.split("=", 1) for kv in item.split(","))}
+        except ValueError:
+            point = {}
+        if set(point) != set(law.inputs):
+            raise ConfigError(f"--predict {item!r}: give {', '.join(f'{k}=VALUE' for k in law.inputs)} per point, "
+                              f"points separated by ';' (e.g. --predict \"N=1e9,D=2e10\")")
+        X = np.array([[point[k] for k in law.inputs]])
+        row = {**point, "loss": float(res.predict(X)[0])}
+        if res.boot_raw is not None:
+            boot = F.predict_many(law, res.boot_raw, X)[:, 0]
+            row["ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+        out.append(row)
+    return out
 
 
 def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
-        bootstrap: int = 0, holdout: str | None = None, seed: int = 0) -> tuple[dict, dict]:
+        bootstrap: int = 0, holdout: str | None = None, seed: int = 0, predict: str | None = None
+        ) -> tuple[dict, dict]:
     """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
     if law_name == "annealing":
         return _annealing(data, columns, filter, bootstrap, seed, holdout)
+    if predict and law_name in TABLE_FITS:
+        raise ConfigError(f"--predict: only for chinchilla, chinchilla-vp and kaplan, not {law_name}")
     if law_name in TABLE_FITS:
         if holdout:
             raise ConfigError(f"--holdout: not supported for {law_name} (it fits power laws through per-budget "
@@ -163,10 +196,12 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
     out: dict[str, Any] = {
         "law": law.name, "formula": law.formula, "params": res.params,
         "ci": {k: v for k, v in (res.ci or {}).items() if k in res.params or k in res.derived} or None,
-        "derived": {**{k: v for k, v in res.derived.items() if k != "k"}, **_derived_at(law, res.params)},
+        "derived": {**{k: v for k, v in res.derived.items() if k != "k"}, **_derived_at(law, res)},
         "diagnostics": res.diagnostics, "n_points": res.n_points, "excluded": excluded,
         "data": {"source": str(data), "derived_columns": df.attrs.get("derived", []), "filter": filter},
     }
+    if predict:
+        out["predict"] = _predictions(law, res, predict)
     if held is not None:
         Xh, yh = _xy(law, held)
         pred = res.predict(Xh)

@@ -70,11 +70,14 @@ def fit_vp(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F
     if bootstrap:
         t1 = time.perf_counter()
         rng = np.random.default_rng(seed)
-        rows = []
+        rows, raws = [], []
         for w in rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=bootstrap).astype(np.float64):
             b_ab, b_coef, _, _ = _solve(logN, logD, y, w, ab)
-            p = LAW.natural(_raw(b_ab, b_coef))
+            raw_b = _raw(b_ab, b_coef)
+            raws.append([raw_b[k] for k in LAW.raw])
+            p = LAW.natural(raw_b)
             rows.append({**p, **LAW.derive(p)})
+        result.boot_raw = np.array(raws)
         result.boot = {k: np.array([r[k] for r in rows]) for k in rows[0]}
         result.ci = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in result.boot.items()}
         diag["bootstrap"] = {"resamples": bootstrap, "seed": seed, "refits_start_at": "the point estimate",

@@ -185,7 +185,7 @@ def cmd_fit(args) -> int:
     if args.plot and args.law in report.NO_FIGURE:
         raise C.ConfigError(f"--plot: no figure for {args.law} yet; drop --plot and use --json")
     out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
-                           bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed)
+                           bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
     if args.plot:
         report.plot(objs, out, args.plot)
         out["plot"] = args.plot
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K resamples of the points for CIs")
     p.add_argument("--holdout", help="fit the other rows, predict these (a pandas expression, e.g. \"C > 1e21\")")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--predict", help="the law's loss at points, e.g. \"N=1e9,D=2e10;N=7e10,D=1.4e12\" (with a CI "
+                   "under --bootstrap)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write the fit figure here (.png, .svg or .pdf)")
     p.set_defaults(fn=cmd_fit)

@@ -119,7 +119,7 @@ def test_cli_fit_on_a_sweep_directory_json_holdout_and_plot(tmp_path, cli):
     write_run(sweep, "zdiv", ["seed=99"], summary("diverged", eval_loss="nan", n=10**8, tokens=1e10))
     plot = tmp_path / "fit.png"
     r = cli("fit", "chinchilla", str(sweep), "--json", "--bootstrap", "50", "--holdout", "N > 1e9",
-            "--plot", str(plot))
+            "--plot", str(plot), "--predict", "N=2e9,D=1e11")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) >= {"law", "params", "ci", "derived", "diagnostics", "n_points", "excluded", "holdout"}
@@ -128,6 +128,10 @@ def test_cli_fit_on_a_sweep_directory_json_holdout_and_plot(tmp_path, cli):
     h = out["holdout"]
     assert h["n_points"] == 5 and h["mean_abs_rel_error"] < 0.02 and len(h["points"]) == 5
     assert "C=1e+22" in out["derived"] and plot.stat().st_size > 10_000
+    assert set(out["derived"]["C=1e+22"]["ci"]) == {"N_opt", "D_opt", "tokens_per_param", "loss"}
+    (pred,) = out["predict"]
+    truth = TRUE["E"] + TRUE["A"] / 2e9 ** TRUE["alpha"] + TRUE["B"] / 1e11 ** TRUE["beta"]
+    assert pred["loss"] == pytest.approx(truth, rel=0.01) and pred["ci"][0] < pred["loss"] < pred["ci"][1]
     bad = cli("fit", "chinchilla", str(sweep), "--holdout", "N > 1e20")
     assert bad.returncode == 2 and "--holdout" in bad.stderr
     bad = cli("fit", "nolaw", str(sweep))
