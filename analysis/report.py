@@ -100,10 +100,28 @@ def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     return {**out, "excluded": excluded}, {"kind": "table"}
 
 
-NO_FIGURE = ("annealing", "overtrain", "downstream", "steplaw")
+NO_FIGURE = ("annealing", "overtrain", "downstream", "steplaw", "critbatch")
+def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
+    """Critical batch size from curves of runs at several batch sizes (tokens: batch x seq_len, or a bs column)."""
+    from testbed.analysis import critbatch
+
+    cur = LD.curves(data, columns=columns, filter=filter)
+    excluded = dict.fromkeys(LD.REASONS, 0)
+    if "ok" in cur.columns:
+        excluded = LD.usable(cur.drop_duplicates("run_id"))[1]
+        cur = cur[cur["ok"].astype(bool)].copy()
+    if {"train.batch_size", "data.seq_len"} <= set(cur.columns):
+        cur["B"] = cur["train.batch_size"] * cur["data.seq_len"]
+        col = "B"
+    else:
+        col = "bs"
+    out = critbatch.fit_critical_batch(cur, batch_col=col, bootstrap=bootstrap, seed=seed)
+    return {**out, "excluded": excluded}, {"kind": "table"}
+
+
 # fits over a table (not one Law through analysis/fit.py): name -> (data, columns, filter, bootstrap, seed)
 TABLE_FITS = {"isoflop": _isoflop, "envelope": _envelope, "annealing": _annealing, "overtrain": _overtrain,
-              "downstream": _downstream, "steplaw": _steplaw}
+              "downstream": _downstream, "steplaw": _steplaw, "critbatch": _critbatch}
 
 
 def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> F.FitResult:
