@@ -194,6 +194,9 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
         ) -> tuple[dict, dict]:
     """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
     if law_name == "annealing":
+        if bootstrap:
+            raise ConfigError("--bootstrap: not available for annealing yet (consecutive steps of one curve are not "
+                              "independent points); use --holdout to check it on other runs' curves")
         return _annealing(data, columns, filter, bootstrap, seed, holdout)
     if predict and law_name in TABLE_FITS:
         raise ConfigError(f"--predict: only for chinchilla, chinchilla-vp and kaplan, not {law_name}")

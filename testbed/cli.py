@@ -179,6 +179,17 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def _emit(args, out: dict, plot, text) -> int:
+    """--plot (the figure's path goes into the output), then JSON or the text report."""
+    from testbed.analysis import report
+
+    if args.plot:
+        plot(args.plot)
+        out["plot"] = args.plot
+    print(json.dumps(report.jsonable(out)) if args.json else text(out))
+    return 0
+
+
 def cmd_fit(args) -> int:
     from testbed.analysis import load, report
 
@@ -186,29 +197,15 @@ def cmd_fit(args) -> int:
         raise C.ConfigError(f"--plot: no figure for {args.law} yet; drop --plot and use --json")
     out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
                            bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
-    if args.plot:
-        report.plot(objs, out, args.plot)
-        out["plot"] = args.plot
-    if args.json:
-        print(json.dumps(report.jsonable(out)))
-    else:
-        print(report.format_text(out))
-    return 0
+    return _emit(args, out, lambda path: report.plot(objs, out, path), report.format_text)
 
 
 def cmd_compare(args) -> int:
-    from testbed.analysis import compare, load, report
+    from testbed.analysis import compare, load
 
     out, curves = compare.compare(args.a, args.b, law=args.law, bootstrap=args.bootstrap, seed=args.seed,
                                   columns=load.parse_columns(args.columns), filter=args.filter)
-    if args.plot:
-        compare.plot(curves, out, args.plot)
-        out["plot"] = args.plot
-    if args.json:
-        print(json.dumps(report.jsonable(out)))
-    else:
-        print(compare.format_text(out))
-    return 0
+    return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
 
 
 def _int_list(text: str) -> list[int]:

@@ -200,3 +200,5 @@ def test_cli_fits_one_schedule_and_predicts_the_held_out_one(tmp_path, cli):
     out = json.loads(r.stdout)
     assert out["law"] == "annealing" and out["params"]["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
     assert list(out["holdout"]["runs"]) == ["wsd"] and out["holdout"]["mean_abs_rel_error"] < 0.005
+    bad = cli("fit", "annealing", str(path), "--bootstrap", "10")
+    assert bad.returncode == 2 and "--bootstrap" in bad.stderr
