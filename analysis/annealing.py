@@ -223,3 +223,33 @@ def predict_runs(result: dict, curves_df: pd.DataFrame, run_ids: Iterable[str], 
                     "final_rel_error": float(rel[last]), "final_step": int(step[last]),
                     "final_loss": float(y[last]), "final_pred": float(pred[last])}
     return out
+
+
+def plot_annealing(result: dict, curves_df: pd.DataFrame, held: Iterable[str], path) -> None:
+    """Observed curves (thin) and the law (fitted runs solid, held-out runs dashed), with each run's LR below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, metric = result["params"], result["diagnostics"].get("metric", "train_loss")
+    held = set(map(str, held))
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for i, (rid, g) in enumerate(sorted(curves_df.groupby("run_id"), key=lambda t: (str(t[0]) in held, str(t[0])))):
+        if i >= 10:  # a readable figure: the first ten runs (fitted first)
+            break
+        color = f"C{i}"
+        step, S1, S2, y = _run_series(g, metric, p["lam"], 0, None)
+        ax.plot(step, y, color=color, lw=0.6, alpha=0.5)
+        ax.plot(step, _law_value(p, S1, S2), color=color, lw=1.5, ls="--" if str(rid) in held else "-",
+                label=f"{rid}{' (held out)' if str(rid) in held else ''}")
+        ax_lr.plot(pd.to_numeric(g["step"]), pd.to_numeric(g["lr"]), color=color, lw=1)
+    ax.set(ylabel=metric, yscale="log",
+           title=f"LR-annealing law: L0={p['L0']:.3g} A={p['A']:.3g} alpha={p['alpha']:.3g} C={p['C']:.3g} "
+                 f"lam={p['lam']}")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    ax_lr.set(xlabel="step", ylabel="LR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

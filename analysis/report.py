@@ -68,7 +68,7 @@ def _annealing(data, columns, filter, bootstrap, seed, holdout=None) -> tuple[di
         pred = annealing.predict_runs(out, cur, held)
         errs = [p["mean_abs_rel_error"] for p in pred.values()]
         out["holdout"] = {"expr": holdout, "runs": pred, "mean_abs_rel_error": float(np.mean(errs))}
-    return {**out, "excluded": excluded}, {"kind": "annealing", "curves": cur}
+    return {**out, "excluded": excluded}, {"kind": "annealing", "curves": cur, "held": held}
 
 
 def _overtrain(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
@@ -100,7 +100,7 @@ def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     return {**out, "excluded": excluded}, {"kind": "table"}
 
 
-NO_FIGURE = ("annealing", "overtrain", "downstream", "steplaw", "critbatch")
+NO_FIGURE = ("overtrain", "downstream", "steplaw", "critbatch")
 def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Critical batch size from curves of runs at several batch sizes (tokens: batch x seq_len, or a bs column)."""
     from testbed.analysis import critbatch
@@ -318,7 +318,11 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
 
     if objs["kind"] in ("isoflop", "envelope"):
         return _plot_optima(objs, out, path)
-    if objs["kind"] in ("annealing", "table"):
+    if objs["kind"] == "annealing":
+        from testbed.analysis import annealing
+
+        return annealing.plot_annealing(out, objs["curves"], objs["held"], path)
+    if objs["kind"] == "table":
         raise ConfigError(f"--plot: no figure for {out['law']} yet; use --json")
 
     law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]

@@ -195,10 +195,12 @@ def test_cli_fits_one_schedule_and_predicts_the_held_out_one(tmp_path, cli):
     """`testbed fit annealing CURVES.csv --holdout "run_id == 'wsd'"`: fit on cosine, predict the WSD curve."""
     path = tmp_path / "curves.csv"
     synthetic_curves(every=5).to_csv(path, index=False)
-    r = cli("fit", "annealing", str(path), "--holdout", "run_id == 'wsd'", "--json")
+    r = cli("fit", "annealing", str(path), "--holdout", "run_id == 'wsd'", "--json", "--plot",
+            str(tmp_path / "anneal.png"))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["law"] == "annealing" and out["params"]["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
     assert list(out["holdout"]["runs"]) == ["wsd"] and out["holdout"]["mean_abs_rel_error"] < 0.005
+    assert (tmp_path / "anneal.png").stat().st_size > 10_000 and out["plot"] == str(tmp_path / "anneal.png")
     bad = cli("fit", "annealing", str(path), "--bootstrap", "10")
     assert bad.returncode == 2 and "--bootstrap" in bad.stderr
