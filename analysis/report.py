@@ -100,7 +100,7 @@ def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     return {**out, "excluded": excluded}, {"kind": "table"}
 
 
-NO_FIGURE = ("overtrain", "downstream", "steplaw", "critbatch")
+NO_FIGURE = ("overtrain", "downstream", "steplaw")
 def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Critical batch size from curves of runs at several batch sizes (tokens: batch x seq_len, or a bs column)."""
     from testbed.analysis import critbatch
@@ -116,7 +116,7 @@ def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     else:
         col = "bs"
     out = critbatch.fit_critical_batch(cur, batch_col=col, bootstrap=bootstrap, seed=seed)
-    return {**out, "excluded": excluded}, {"kind": "table"}
+    return {**out, "excluded": excluded}, {"kind": "critbatch"}
 
 
 # fits over a table (not one Law through analysis/fit.py): name -> (data, columns, filter, bootstrap, seed)
@@ -267,6 +267,25 @@ def _plot_optima(objs: dict, out: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def _plot_critbatch(out: dict, path: str | Path) -> None:
+    """B_crit per target loss (hollow: outside the sampled batch sizes) and B_crit(L) = B* / L^(1/alpha_B)."""
+    import matplotlib.pyplot as plt
+
+    rows = [t for t in out["derived"]["targets"] if t.get("B_crit") is not None and t["B_crit"] > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for t in rows:
+        ax.scatter(t["L"], t["B_crit"], color="k", s=18, facecolors="k" if t.get("interior") else "none")
+    p = out["params"]
+    L = np.geomspace(min(t["L"] for t in rows) * 0.95, max(t["L"] for t in rows) * 1.05, 50)
+    ax.plot(L, p["B_star"] / L ** (1 / p["alpha_B"]), color="C3",
+            label=f"B_crit = {p['B_star']:.3g} / L^(1/{p['alpha_B']:.3f})")
+    ax.set(xscale="log", yscale="log", xlabel="target loss L", ylabel="critical batch B_crit (tokens)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def format_text(out: dict) -> str:
     """The JSON's headline as a few lines for a terminal."""
     ci = out.get("ci") or {}
@@ -278,7 +297,7 @@ def format_text(out: dict) -> str:
             lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
     d = out["diagnostics"]
     extra = "".join(f" {k}={d[k]:.3g}" for k in ("grad_norm", "hessian_condition") if k in d)
-    lines.append(f"  converged={d['converged']}{extra} fit {d.get('grid_fit_s', '-')}s"
+    lines.append(f"  converged={d['converged']}{extra} fit {d.get('grid_fit_s', d.get('fit_s', '-'))}s"
                  + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
     if "warning" in d:
         lines.append(f"  WARNING: {d['warning']}")
@@ -322,6 +341,8 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
         from testbed.analysis import annealing
 
         return annealing.plot_annealing(out, objs["curves"], objs["held"], path)
+    if objs["kind"] == "critbatch":
+        return _plot_critbatch(out, path)
     if objs["kind"] == "table":
         raise ConfigError(f"--plot: no figure for {out['law']} yet; use --json")
 

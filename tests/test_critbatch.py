@@ -104,8 +104,8 @@ def test_cli_fit_critbatch_from_curves_file(tmp_path, cli):
 
     path = tmp_path / "curves.csv"
     synthetic(eval_every=1).drop(columns="B").to_csv(path, index=False)
-    r = cli("fit", "critbatch", str(path), "--json")
+    r = cli("fit", "critbatch", str(path), "--json", "--plot", str(tmp_path / "bcrit.png"))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["law"] == "critbatch" and out["params"]["alpha_B"] == pytest.approx(0.21, rel=0.1)
-    assert out["diagnostics"]["converged"]
+    assert out["diagnostics"]["converged"] and (tmp_path / "bcrit.png").stat().st_size > 10_000
