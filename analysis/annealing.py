@@ -14,12 +14,9 @@ LR by linear interpolation between logged steps (exact for constant and linear p
 
 from __future__ import annotations
 
-import functools
 import itertools
-import time
 from collections.abc import Iterable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -69,6 +66,7 @@ ANNEALING = Law(
     log_predict=_log_predict,
     natural=lambda p: {"L0": p["L0"], "A": float(np.exp(p["log_A"])), "alpha": p["alpha"], "C": p["C"]},
     bounds={"L0": (0.0, np.inf), "alpha": (0.0, 3.0), "C": (0.0, np.inf)},  # outside: listed in at_bound
+    positive=("S1",),  # S2 is 0 until the LR first drops
 )
 
 
@@ -82,31 +80,9 @@ def _starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
                                                              (-1.0, 0.0, 1.0), (0.0, 0.5, 2.0))])
 
 
-@functools.cache
-def _solver(iters: int):
-    """fit.py's damped Newton, vmapped over starts and jitted once per process (a lam search reuses it)."""
-    return jax.jit(jax.vmap(F._newton(F._objective(ANNEALING), iters), in_axes=(0, None, None, None)))
-
-
 def _fit(X: np.ndarray, y: np.ndarray) -> F.FitResult:
-    """fit.fit's grid + polish, less its input check: that one wants every column > 0 (power-law inputs), and
-    S2 is 0 until the LR first drops."""
-    law, starts = ANNEALING, _starts(X, y)
-    t0 = time.perf_counter()
-    with jax.enable_x64(True):
-        f = F._objective(law)
-        Xj, logy, w1 = jnp.asarray(X), jnp.log(jnp.asarray(y)), jnp.ones(len(y))
-        thetas, vals, gnorms = (np.array(a) for a in _solver(F.GRID_ITERS)(jnp.asarray(starts), Xj, logy, w1))
-        top = np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:F.POLISH]
-        pt, pv, pg = map(np.asarray, _solver(F.POLISH_ITERS)(jnp.asarray(thetas[top]), Xj, logy, w1))
-        keep = np.isfinite(pv) & (pv <= vals[top])
-        thetas[top[keep]], vals[top[keep]], gnorms[top[keep]] = pt[keep], pv[keep], pg[keep]
-        best = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.inf)))
-        H = np.asarray(jax.hessian(f)(jnp.asarray(thetas[best]), Xj, logy, w1))
-    raw = dict(zip(law.raw, map(float, thetas[best]), strict=True))
-    diag = F._diagnostics(law, starts, thetas, vals, gnorms, best, H, len(y))
-    diag["grid_fit_s"] = round(time.perf_counter() - t0, 3)
-    return F.FitResult(law, raw, law.natural(raw), {}, diag, len(y))
+    """fit.fit from starts scaled to the data (the generic grid does not know a loss's scale)."""
+    return F.fit(ANNEALING, X, y, starts=_starts(X, y))
 
 
 def _warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:

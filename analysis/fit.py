@@ -10,6 +10,7 @@ program refits 1,000 bootstrap resamples (point weights) from the point estimate
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -57,6 +58,19 @@ def predict_many(law: Law, thetas: np.ndarray, X: np.ndarray) -> np.ndarray:
         return np.exp(np.asarray(f(jnp.asarray(thetas, jnp.float64), jnp.asarray(X, jnp.float64))))
 
 
+_SOLVERS: dict[tuple, Callable] = {}
+
+
+def _solver(law: Law, iters: int, over: str) -> Callable:
+    """The jitted damped Newton vmapped over starts (over="starts") or point weights (over="weights"), compiled
+    once per (law, iters) in a process: a lam search or a two-sweep comparison reuses it."""
+    key = (law.name, iters, over)
+    if key not in _SOLVERS:
+        axes = (0, None, None, None) if over == "starts" else (None, None, None, 0)
+        _SOLVERS[key] = jax.jit(jax.vmap(_newton(_objective(law), iters), in_axes=axes))
+    return _SOLVERS[key]
+
+
 def _objective(law: Law):
     def f(theta, X, logy, w):
         r = law.log_predict(theta, X) - logy
@@ -97,9 +111,10 @@ def _check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
     if len(y) < law.needs():
         raise ConfigError(f"fit {law.name}: {len(y)} usable points; the law has {len(law.raw)} parameters and "
                           f"needs at least {law.needs()} (add runs, or loosen --filter)")
+    positive = law.inputs if law.positive is None else law.positive
     for j, name in enumerate(law.inputs):
         col = X[:, j]
-        if not np.all(np.isfinite(col)) or np.any(col <= 0):
+        if not np.all(np.isfinite(col)) or (name in positive and np.any(col <= 0)):
             raise ConfigError(f"fit {law.name}: column {name} has non-finite or non-positive values; the law takes "
                               "logs of it (check --columns, or --filter them out)")
         if np.unique(col).size < 2:
@@ -119,10 +134,10 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
     with jax.enable_x64(True):
         f = _objective(law)
         Xj, logy, w1 = jnp.asarray(X), jnp.log(jnp.asarray(y)), jnp.ones(len(y))
-        solve = jax.jit(jax.vmap(_newton(f, GRID_ITERS), in_axes=(0, None, None, None)))
+        solve = _solver(law, GRID_ITERS, "starts")
         thetas, vals, gnorms = (np.array(a) for a in solve(jnp.asarray(starts), Xj, logy, w1))
         top = np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:POLISH]
-        polish = jax.jit(jax.vmap(_newton(f, POLISH_ITERS), in_axes=(0, None, None, None)))
+        polish = _solver(law, POLISH_ITERS, "starts")
         pt, pv, pg = map(np.asarray, polish(jnp.asarray(thetas[top]), Xj, logy, w1))
         keep = np.isfinite(pv) & (pv <= vals[top])
         thetas[top[keep]], vals[top[keep]], gnorms[top[keep]] = pt[keep], pv[keep], pg[keep]
@@ -139,7 +154,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
             t1 = time.perf_counter()
             rng = np.random.default_rng(seed)
             W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=bootstrap).astype(np.float64)
-            boot_solve = jax.jit(jax.vmap(_newton(f, BOOT_ITERS), in_axes=(None, None, None, 0)))
+            boot_solve = _solver(law, BOOT_ITERS, "weights")
             bt, bv, bg = map(np.asarray, boot_solve(jnp.asarray(theta), Xj, logy, jnp.asarray(W)))
             ok = np.isfinite(bv) & (bg <= GRAD_TOL * len(y))
             result.boot, result.ci = _bootstrap_summary(law, bt[ok], bv[ok])

@@ -29,6 +29,7 @@ class Law:
     derive: Callable[[dict[str, float]], dict[str, float]] = lambda p: {}
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # raw ranges that make sense (diagnostics)
     min_points: int = 0  # fewer usable points than this: refuse (0: one more than the parameters)
+    positive: tuple[str, ...] | None = None  # inputs the law takes logs of, so must be > 0 (None: every input)
 
     def starts(self) -> np.ndarray:
         """The full start grid, [S, P] in raw space."""

@@ -27,6 +27,14 @@ def _law(name: str) -> laws.Law:
     return known[name]
 
 
+def _usable_curves(data, columns, filter) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Per-step curves of the runs fits may use, and the runs left out by reason (a curves file: none)."""
+    cur = LD.curves(data, columns=columns, filter=filter)
+    if "ok" not in cur.columns:
+        return cur, dict.fromkeys(LD.REASONS, 0)
+    return cur[cur["ok"].astype(bool)].copy(), LD.usable(cur.drop_duplicates("run_id"))[1]
+
+
 def _isoflop(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Approach 2 on one row per run; budgets from the exact FLOPs C (or a mapped budget column)."""
     from testbed.analysis import isoflop
@@ -40,12 +48,7 @@ def _envelope(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Approach 1 on full curves: runs that did not complete are left out."""
     from testbed.analysis import isoflop
 
-    cur = LD.curves(data, columns=columns, filter=filter)
-    excluded = dict.fromkeys(LD.REASONS, 0)
-    if "ok" in cur.columns:
-        runs = cur.drop_duplicates("run_id")
-        excluded = LD.usable(runs)[1]
-        cur = cur[cur["ok"].astype(bool)]
+    cur, excluded = _usable_curves(data, columns, filter)
     out = isoflop.envelope_fit(cur, bootstrap=bootstrap, seed=seed)
     return {**out, "excluded": excluded}, {"kind": "envelope", "curves": cur}
 
@@ -54,11 +57,7 @@ def _annealing(data, columns, filter, bootstrap, seed, holdout=None) -> tuple[di
     """The LR-annealing law on full curves; --holdout selects runs whose curves are predicted, not fitted."""
     from testbed.analysis import annealing
 
-    cur = LD.curves(data, columns=columns, filter=filter)
-    excluded = dict.fromkeys(LD.REASONS, 0)
-    if "ok" in cur.columns:
-        excluded = LD.usable(cur.drop_duplicates("run_id"))[1]
-        cur = cur[cur["ok"].astype(bool)]
+    cur, excluded = _usable_curves(data, columns, filter)
     held: list[str] = []
     if holdout:
         held = sorted(set(cur.loc[_holdout_mask(cur, holdout), "run_id"]))
@@ -105,11 +104,7 @@ def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Critical batch size from curves of runs at several batch sizes (tokens: batch x seq_len, or a bs column)."""
     from testbed.analysis import critbatch
 
-    cur = LD.curves(data, columns=columns, filter=filter)
-    excluded = dict.fromkeys(LD.REASONS, 0)
-    if "ok" in cur.columns:
-        excluded = LD.usable(cur.drop_duplicates("run_id"))[1]
-        cur = cur[cur["ok"].astype(bool)].copy()
+    cur, excluded = _usable_curves(data, columns, filter)
     if {"train.batch_size", "data.seq_len"} <= set(cur.columns):
         cur["B"] = cur["train.batch_size"] * cur["data.seq_len"]
         col = "B"
