@@ -125,7 +125,8 @@ def _check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
 
 
 def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0,
-        starts: np.ndarray | None = None) -> FitResult:
+        starts: np.ndarray | None = None, polish_iters: int = POLISH_ITERS, boot_iters: int = BOOT_ITERS
+        ) -> FitResult:
     """The best of every start of law's grid; with bootstrap > 0, percentile CIs from refits on resampled points."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
     _check_points(law, X, y)
@@ -137,7 +138,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
         solve = _solver(law, GRID_ITERS, "starts")
         thetas, vals, gnorms = (np.array(a) for a in solve(jnp.asarray(starts), Xj, logy, w1))
         top = np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:POLISH]
-        polish = _solver(law, POLISH_ITERS, "starts")
+        polish = _solver(law, polish_iters, "starts")
         pt, pv, pg = map(np.asarray, polish(jnp.asarray(thetas[top]), Xj, logy, w1))
         keep = np.isfinite(pv) & (pv <= vals[top])
         thetas[top[keep]], vals[top[keep]], gnorms[top[keep]] = pt[keep], pv[keep], pg[keep]
@@ -154,7 +155,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
             t1 = time.perf_counter()
             rng = np.random.default_rng(seed)
             W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=bootstrap).astype(np.float64)
-            boot_solve = _solver(law, BOOT_ITERS, "weights")
+            boot_solve = _solver(law, boot_iters, "weights")
             bt, bv, bg = map(np.asarray, boot_solve(jnp.asarray(theta), Xj, logy, jnp.asarray(W)))
             ok = np.isfinite(bv) & (bg <= GRAD_TOL * len(y))
             result.boot, result.ci = _bootstrap_summary(law, bt[ok], bv[ok])

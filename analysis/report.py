@@ -19,9 +19,9 @@ REPORT_C = (1e18, 1e20, 1e22, 1e24)
 
 
 def _law(name: str) -> laws.Law:
-    from testbed.analysis import vp
+    from testbed.analysis import farseer, vp
 
-    known = {**laws.LAWS, vp.LAW.name: vp.LAW}
+    known = {**laws.LAWS, vp.LAW.name: vp.LAW, farseer.LAW.name: farseer.LAW}
     if name not in known:
         raise ConfigError(f"LAW: unknown '{name}'; choose one of {', '.join([*known, *TABLE_FITS])}")
     return known[name]
@@ -124,6 +124,10 @@ def _fit(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int)
         from testbed.analysis import vp
 
         return vp.fit_vp(X, y, bootstrap=bootstrap, seed=seed)
+    if law.name == "farseer":
+        from testbed.analysis import farseer
+
+        return farseer.fit_farseer(X, y, bootstrap=bootstrap, seed=seed)
     return F.fit(law, X, y, bootstrap=bootstrap, seed=seed)
 
 
@@ -146,6 +150,18 @@ def _holdout_mask(df: pd.DataFrame, expr: str) -> np.ndarray:
         raise ConfigError(f"--holdout {expr!r}: selects {int(mask.sum())} of {len(mask)} points; it must leave "
                           "some to fit and some to predict")
     return mask
+
+
+def _holdout_errors(law: laws.Law, res: F.FitResult, held: pd.DataFrame) -> dict[str, Any]:
+    """Relative error of the fitted law on held-out rows, per point and overall."""
+    Xh, yh = _xy(law, held)
+    pred = res.predict(Xh)
+    rel = (pred - yh) / yh
+    return {"n_points": len(yh), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+            "max_abs_rel_error": float(np.max(np.abs(rel))),
+            "points": [{**{c: float(v) for c, v in zip(law.inputs, x, strict=True)}, "loss": float(o),
+                        "pred": float(p), "rel_error": float(r)}
+                       for x, o, p, r in zip(Xh, yh, pred, rel, strict=True)]}
 
 
 def _derived_at(law: laws.Law, res: F.FitResult) -> dict[str, Any]:
@@ -194,7 +210,7 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
                               "independent points); use --holdout to check it on other runs' curves")
         return _annealing(data, columns, filter, bootstrap, seed, holdout)
     if predict and law_name in TABLE_FITS:
-        raise ConfigError(f"--predict: only for chinchilla, chinchilla-vp and kaplan, not {law_name}")
+        raise ConfigError(f"--predict: only for chinchilla, chinchilla-vp, kaplan and farseer, not {law_name}")
     if law_name in TABLE_FITS:
         if holdout:
             raise ConfigError(f"--holdout: not supported for {law_name} (it fits power laws through per-budget "
@@ -219,14 +235,12 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
     if predict:
         out["predict"] = _predictions(law, res, predict)
     if held is not None:
-        Xh, yh = _xy(law, held)
-        pred = res.predict(Xh)
-        rel = (pred - yh) / yh
-        out["holdout"] = {"expr": holdout, "n_points": len(yh), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
-                          "max_abs_rel_error": float(np.max(np.abs(rel))),
-                          "points": [{**{c: float(v) for c, v in zip(law.inputs, x, strict=True)}, "loss": float(o),
-                                      "pred": float(p), "rel_error": float(r)}
-                                     for x, o, p, r in zip(Xh, yh, pred, rel, strict=True)]}
+        out["holdout"] = {"expr": holdout, **_holdout_errors(law, res, held)}
+        if law.name == "farseer":  # the paper's comparison: Chinchilla fitted to the same points, same held-out set
+            base = _fit(laws.CHINCHILLA, X, y, 0, seed)
+            out["holdout"]["baseline"] = {"law": "chinchilla", "params": base.params,
+                                          "converged": base.diagnostics["converged"],
+                                          **_holdout_errors(laws.CHINCHILLA, base, held)}
     return out, {"kind": "law", "law": law, "result": res, "fit_rows": fit_rows, "held": held}
 
 
@@ -307,6 +321,10 @@ def format_text(out: dict) -> str:
         else:
             lines.append(f"  held out {h['n_points']} ({h['expr']}): mean |rel error| "
                          f"{h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}")
+            if "baseline" in h:
+                b = h["baseline"]
+                lines.append(f"  {b['law']} on the same points: mean |rel error| {b['mean_abs_rel_error']:.3%}, "
+                             f"max {b['max_abs_rel_error']:.3%}")
     return "\n".join(lines)
 
 

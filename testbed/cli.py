@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("fit", help="fit a scaling law to a sweep directory or a CSV, with bootstrap CIs")
-    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | isoflop | envelope | annealing | overtrain | "
+    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | farseer | isoflop | envelope | annealing | overtrain | "
                    "downstream | steplaw | critbatch")
     p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
     p.add_argument("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
