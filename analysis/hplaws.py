@@ -125,6 +125,10 @@ def fit_steplaw(df: pd.DataFrame, *, lr_col: str = "lr", bs_col: str = "bs", los
         raise ConfigError(f"fit steplaw: {len(cells)} (N, D) cells ({nN} values of N, {nD} of D); the law needs at "
                           "least 3 cells spanning 2 or more N and 2 or more D (each cell: runs at one N and D with "
                           "different lr and batch size)")
+    varied = t.groupby(["N", "D"])["lr"].nunique()
+    if int((varied >= 2).sum()) < 3:
+        raise ConfigError(f"fit steplaw: only {int((varied >= 2).sum())} (N, D) cells have runs at 2 or more learning "
+                          "rates; the near-optimal band needs an lr (and batch) sweep in at least 3 cells")
     Xlr, ylr, Xbs, ybs = _designs(kept)
     if len(kept) < 4 or np.linalg.matrix_rank(Xlr) < 3:
         raise ConfigError(f"fit steplaw: {len(kept)} near-optimal runs whose (N, D) do not determine both "

@@ -26,11 +26,13 @@ from .transfer import _YAML_LOADER, _flatten, _number
 
 RUN_COLUMNS = ("run_id", "run_dir", "status", "ok", "N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss")
 CURVE_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "eval_loss")
-# err: a downstream error rate (testbed fit downstream); bs: batch size in tokens (testbed fit steplaw)
-STANDARD = tuple(dict.fromkeys(RUN_COLUMNS + CURVE_COLUMNS + ("loss_se", "steps", "data_entropy", "err", "bs")))
+# err: a downstream error rate (testbed fit downstream); bs: batch size (testbed fit steplaw), in tokens, or in
+# sequences with seq_len (a column, or a number: --columns bs=bs,seq_len=2048)
+STANDARD = tuple(dict.fromkeys(RUN_COLUMNS + CURVE_COLUMNS + ("loss_se", "steps", "data_entropy", "err", "bs",
+                                                                "seq_len")))
 MAPPABLE = tuple(c for c in STANDARD if c != "ok")  # `ok` is always derived
 NUMERIC = ("N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss", "loss_se", "steps", "data_entropy", "err",
-           "bs", *CURVE_COLUMNS)
+           "bs", "seq_len", *CURVE_COLUMNS)
 # usable()'s exclusion reasons; every key is always present. A status other than completed/diverged/failed
 # (no summary.json yet, "pending", ...) counts as incomplete; a completed run whose loss is NaN, inf or <= 0
 # counts under the last key.
@@ -132,6 +134,14 @@ def parse_columns(text: str | None) -> dict[str, str]:
     return out
 
 
+def _constant(text: str) -> float | None:
+    """A --columns value that is a number rather than a column name (e.g. seq_len=2048), else None."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
     """A CSV/parquet table, the user's columns renamed to standard names, those numeric as floats (junk -> NaN)."""
     name = path.name.lower()
@@ -145,16 +155,21 @@ def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
         raise ConfigError(f"{path}: cannot be read as a table ({e})") from None
     columns = dict(columns or {})
     _check_keys(columns)
+    constants = {std: _constant(col) for std, col in columns.items() if col not in df.columns}
+    columns = {std: col for std, col in columns.items() if constants.get(std) is None}
     for std, col in columns.items():
         if col not in df.columns:
             raise ConfigError(f"--columns {std}={col}: {path.name} has no column {col!r}; its columns: "
                               f"{', '.join(map(str, df.columns))}")
-        if std in df.columns and std not in columns.values():
-            raise ConfigError(f"--columns {std}={col}: {path.name} already has a column named {std!r}; "
-                              f"map {std} to that column or rename it in the file")
-    out = df.drop(columns=[c for c in set(columns.values()) if c not in columns])
+    # the user's mapping wins over a file column of the same standard name (Step Law's CSV has both `loss` and
+    # `smooth loss`): that column is kept as "NAME (file)"
+    shadowed = {std: f"{std} (file)" for std in columns if std in df.columns and std not in columns.values()}
+    out = df.drop(columns=[c for c in set(columns.values()) if c not in columns]).rename(columns=shadowed)
     for std, col in columns.items():
         out[std] = df[col]
+    for std, value in constants.items():
+        if value is not None:  # --columns seq_len=2048: the same value on every row
+            out[std] = value
     for c in NUMERIC:
         if c in out.columns:
             out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
@@ -255,4 +270,5 @@ def usable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 def describe_exclusions(excluded: dict[str, int]) -> str:
     """A fit's note on what it left out, e.g. "excluded 3 runs: 2 diverged, 1 failed" ("" when none)."""
     parts = [f"{n} {k.replace('_', ' ')}" for k, n in excluded.items() if n]
-    return f"excluded {sum(excluded.values())} runs: {', '.join(parts)}" if parts else ""
+    n = sum(excluded.values())
+    return f"excluded {n} run{'s' if n != 1 else ''}: {', '.join(parts)}" if parts else ""

@@ -75,7 +75,8 @@ def _overtrain(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     from testbed.analysis import overtrain
 
     rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
-    return {**overtrain.fit_overtrain(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "table"}
+    return {**overtrain.fit_overtrain(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "overtrain",
+                                                                                            "rows": rows}
 
 
 def _downstream(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
@@ -83,7 +84,8 @@ def _downstream(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     from testbed.analysis import overtrain
 
     rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
-    return {**overtrain.fit_downstream(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "table"}
+    return {**overtrain.fit_downstream(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "downstream",
+                                                                                             "rows": rows}
 
 
 def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
@@ -94,12 +96,15 @@ def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     if "optim.lr" in rows.columns:  # a testbed sweep directory
         kw = {"lr_col": "optim.lr", "bs_col": "train.batch_size", "seq_len": "data.seq_len", "n_col": "N_nonembed"}
     else:
-        kw = {"lr_col": "lr", "bs_col": "bs", "n_col": "N"}
+        kw = {"lr_col": "lr", "bs_col": "bs", "n_col": "N", **({"seq_len": "seq_len"} if "seq_len" in rows.columns
+                                                                 else {})}
     out = hplaws.fit_steplaw(rows, bootstrap=bootstrap, seed=seed, **kw)
-    return {**out, "excluded": excluded}, {"kind": "table"}
+    table = hplaws._table(rows, kw["n_col"], kw["lr_col"], kw["bs_col"], "loss", kw.get("seq_len"))[0]
+    return {**out, "excluded": excluded}, {"kind": "steplaw", "table": table}
 
 
-NO_FIGURE = ("overtrain", "downstream", "steplaw")
+
+
 def _critbatch(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Critical batch size from curves of runs at several batch sizes (tokens: batch x seq_len, or a bs column)."""
     from testbed.analysis import critbatch
@@ -245,34 +250,47 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
 
 
 def _plot_optima(objs: dict, out: dict, path: str | Path) -> None:
-    """IsoFLOP: loss vs N per budget with the parabola vertices; both: N_opt(C) points and the power law."""
+    """IsoFLOP (Chinchilla Fig. 3): loss vs N per budget with the fitted parabolas and their vertices, N_opt(C) as an
+    inset; envelope: the N_opt(C) points and the power law."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if objs["kind"] == "isoflop" else 1, figsize=(10 if objs["kind"] == "isoflop"
-                                                                                   else 5, 4), squeeze=False)
     pts = out["derived"]["budgets" if objs["kind"] == "isoflop" else "bins"]
-    if objs["kind"] == "isoflop":
-        ax, rows = axes[0, 0], objs["rows"]
-        cmap = plt.get_cmap("viridis")
-        used = [b for b in pts if b.get("used")]
-        for i, b in enumerate(used):
-            sel = np.isclose(rows["C"], b["C"], rtol=0.05)
-            color = cmap(i / max(1, len(used) - 1))
-            ax.scatter(rows["N"][sel], rows["loss"][sel], s=12, color=color, label=f"C={b['C']:.2g}")
-            ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=120, color=color, edgecolors="k")
-        ax.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title="IsoFLOP profiles and vertices")
-        ax.legend(fontsize=6)
-    ax = axes[0, -1]
     good = [b for b in pts if b.get("used", True)]
+    fig, ax = plt.subplots(figsize=(7, 4.8) if objs["kind"] == "isoflop" else (5.5, 4))
+    if objs["kind"] == "isoflop":
+        rows, cmap = objs["rows"], plt.get_cmap("viridis")
+        for i, b in enumerate(pts):
+            sel = np.isclose(rows["C"], b["C"], rtol=0.05)
+            color = cmap(i / max(1, len(pts) - 1))
+            ax.scatter(rows["N"][sel], rows["loss"][sel], s=14, color=color, alpha=1.0 if b.get("used") else 0.35,
+                       label=f"C={b['C']:.2g}" + ("" if b.get("used") else " (not used)"))
+            if b.get("used"):
+                x = np.linspace(*np.log10(b["N_range"]), 60)  # loss = L_opt + curvature/2 (log10 N - log10 N_opt)^2
+                ax.plot(10 ** x, b["loss_opt"] + 0.5 * b["curvature"] * (x - np.log10(b["N_opt"])) ** 2,
+                        color=color, lw=1)
+                ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=130, color=color, edgecolors="k", zorder=3)
+        ax.set(xscale="log", xlabel="N (parameters)", ylabel="final loss", title="IsoFLOP profiles (stars: vertices)")
+        ax.legend(fontsize=7, loc="lower left")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.7 * (hi - lo))  # headroom for the inset
+        ax = ax.inset_axes([0.6, 0.6, 0.37, 0.36])
     c = np.array([b["C"] for b in good])
-    ax.scatter(c, [b["N_opt"] for b in good], color="k", s=14, label="N_opt per budget")
+    ax.scatter(c, [b["N_opt"] for b in good], color="k", s=12, label="N_opt per budget" if objs["kind"] != "isoflop"
+               else None)
     grid = np.geomspace(c.min() / 3, c.max() * 3, 50)
     p = out["params"]
     ax.plot(grid, p["k_N"] * grid ** p["a"], color="C3", label=f"N_opt = {p['k_N']:.3g} C^{p['a']:.3f}")
-    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N_opt", title=out["law"])
-    ax.legend(fontsize=7)
+    ax.set(xscale="log", yscale="log")
+    if objs["kind"] == "isoflop":
+        ax.set_xlabel("C (FLOPs)", fontsize=7)
+        ax.set_ylabel("N_opt", fontsize=7)
+        ax.tick_params(which="both", labelsize=6)
+        ax.set_title(f"N_opt = {p['k_N']:.3g} C^{p['a']:.3f}", fontsize=7)
+    else:
+        ax.set(xlabel="compute C (FLOPs)", ylabel="N_opt", title=out["law"])
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
@@ -356,8 +374,12 @@ def plot(objs: dict, out: dict, path: str | Path) -> None:
         return annealing.plot_annealing(out, objs["curves"], objs["held"], path)
     if objs["kind"] == "critbatch":
         return _plot_critbatch(out, path)
-    if objs["kind"] == "table":
-        raise ConfigError(f"--plot: no figure for {out['law']} yet; use --json")
+    if objs["kind"] in ("overtrain", "downstream", "steplaw"):  # analysis/figures.py: Gadre et al. 2024, Step Law
+        from testbed.analysis import figures
+
+        if objs["kind"] == "steplaw":
+            return figures.lr_landscape(objs["table"], path, params=out["params"], band=out["diagnostics"]["band"])
+        return getattr(figures, objs["kind"])(objs["rows"], out, path)
 
     law, res, rows, held = objs["law"], objs["result"], objs["fit_rows"], objs["held"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

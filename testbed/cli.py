@@ -193,8 +193,6 @@ def _emit(args, out: dict, plot, text) -> int:
 def cmd_fit(args) -> int:
     from testbed.analysis import load, report
 
-    if args.plot and args.law in report.NO_FIGURE:
-        raise C.ConfigError(f"--plot: no figure for {args.law} yet; drop --plot and use --json")
     out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
                            bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
     return _emit(args, out, lambda path: report.plot(objs, out, path), report.format_text)
@@ -206,6 +204,37 @@ def cmd_compare(args) -> int:
     out, curves = compare.compare(args.a, args.b, law=args.law, bootstrap=args.bootstrap, seed=args.seed,
                                   columns=load.parse_columns(args.columns), filter=args.filter)
     return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
+
+
+def cmd_plot(args) -> int:
+    from testbed.analysis import load, plotkinds, report
+
+    fits = plotkinds.Fits(args.data, columns=load.parse_columns(args.columns), filter=args.filter,
+                          bootstrap=args.bootstrap, seed=args.seed, holdout=args.holdout)
+    out = Path(args.out or f"{args.kind}.png")
+    section = plotkinds.draw(args.kind, fits, out)
+    summary = {"kind": args.kind, "figure": str(section.figure), "notes": section.notes, "fit": section.fit}
+    print(json.dumps(report.jsonable(summary)) if args.json else f"wrote {section.figure}")
+    for note in section.notes:
+        if not args.json:
+            print(f"  {note}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from testbed.analysis import html
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else html.REPORT_KINDS
+    out = html.build(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed, kinds=kinds,
+                     holdout=args.holdout, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"wrote {out['index']} ({len(out['drawn'])} figures; not applicable: "
+              f"{', '.join(out['skipped']) or 'none'})")
+        for w in out["warnings"]:
+            print(f"  WARNING {w}")
+    return 0
 
 
 def _int_list(text: str) -> list[int]:
@@ -330,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("fit", help="fit a scaling law to a sweep directory or a CSV, with bootstrap CIs")
-    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | farseer | isoflop | envelope | annealing | overtrain | "
-                   "downstream | steplaw | critbatch")
+    p.add_argument("law", help="chinchilla | chinchilla-vp | kaplan | farseer | isoflop | envelope | annealing | "
+                   "overtrain | downstream | steplaw | critbatch")
     p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
     p.add_argument("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
                    " (D = C / 6N when only C is given)")
@@ -356,6 +385,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write the comparison figure here")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("plot", help="one paper-style figure from a sweep directory or a published table")
+    p.add_argument("kind", help="curves | compute | isoflop | envelope | contour | holdout | transfer | schedules | "
+                   "landscape | critbatch | overtrain | downstream")
+    p.add_argument("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
+    p.add_argument("--out", help="figure path (.png, .svg or .pdf; default KIND.png)")
+    p.add_argument("--columns", help="column mapping for tables, as in testbed fit")
+    p.add_argument("--filter", help="pandas query on the rows, as in testbed fit")
+    p.add_argument("--holdout", help="holdout: the rows to predict (default: the largest-compute fifth)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="resamples for bands and CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the figure path and the fit behind it as JSON")
+    p.set_defaults(fn=cmd_plot)
+
+    p = sub.add_parser("report", help="a static HTML report of a sweep: run table, fits with CIs, figures, warnings")
+    p.add_argument("sweep_dir", help="a sweep directory written by testbed sweep")
+    p.add_argument("--out", required=True, help="output directory (index.html, figures/, report.json)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="resamples for CIs and bands")
+    p.add_argument("--holdout", help="runs to hold out for the predicted-vs-observed figure (default: the "
+                   "largest-compute fifth)")
+    p.add_argument("--kinds", help="comma-separated subset of the figures (default: all that apply)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("transfer", help="LR/WD transfer across width or depth, from a sweep's run directories")
     p.add_argument("sweep_dir", help="directory whose subdirectories are run directories")

@@ -149,6 +149,17 @@ def test_csv_with_column_mapping_derives_D(tmp_path):
                                          filter="N > 1e6"), df.iloc[1:].reset_index(drop=True))
 
 
+def test_mapped_column_wins_over_a_file_column_of_that_name_and_numbers_map_to_constants(tmp_path):
+    """Step Law's CSV has `loss` and `smooth loss`: --columns loss='smooth loss' picks one and keeps the other."""
+    path = write_csv(tmp_path, N=[1e6, 2e6], D=[1e9, 2e9], loss=[3.0, 2.9], **{"smooth loss": [2.95, 2.85]},
+                     bs=[16, 32])
+    df = L.load(path, columns=L.parse_columns("loss=smooth loss,seq_len=2048"))
+    assert df["loss"].tolist() == [2.95, 2.85] and df["loss (file)"].tolist() == [3.0, 2.9]
+    assert df["seq_len"].tolist() == [2048.0, 2048.0] and "smooth loss" not in df.columns
+    with pytest.raises(ConfigError, match="has no column 'twenty'"):
+        L.load(path, columns={"seq_len": "twenty"})
+
+
 def test_csv_with_standard_names_derives_C_and_honours_status(tmp_path):
     path = write_csv(tmp_path, N=[1e6, 2e6], D=[1e9, 2e9], loss=[3.0, 2.0], status=["completed", "diverged"])
     df = L.load(path)
@@ -187,7 +198,6 @@ def test_errors(tmp_path, sweep):
         (lambda: L.load(csv, columns={"size": "Model Size"}), "--columns size=...: not a standard name; .*N_nonembed"),
         (lambda: L.load(csv, columns={"ok": "loss"}), "--columns ok=...: not a standard name"),
         (lambda: L.load(write_csv(tmp_path, "nl.csv", N=[1.0]), columns={}), "no loss column; pass --columns loss=COL"),
-        (lambda: L.load(csv, columns={"loss": "Model Size"}), "already has a column named 'loss'"),
         (lambda: L.load(sweep, columns={"N": "x"}), "--columns applies to CSV/parquet input"),
         (lambda: L.curves(tmp_path / "nope"), "does not exist"),
     ]

@@ -147,5 +147,5 @@ def test_cli_fit_steplaw_on_a_csv(tmp_path, cli):
     out = json.loads(r.stdout)
     assert out["law"] == "steplaw" and out["params"]["alpha"] == pytest.approx(TRUE["alpha"], abs=0.05)
     assert out["params"]["gamma"] == pytest.approx(TRUE["gamma"], abs=0.05) and "alpha" in out["ci"]
-    bad = cli("fit", "steplaw", str(path), "--plot", str(tmp_path / "x.png"))
-    assert bad.returncode == 2 and "--plot" in bad.stderr and not (tmp_path / "x.png").exists()
+    drawn = cli("fit", "steplaw", str(path), "--plot", str(tmp_path / "x.png"))  # the (lr, batch) landscape
+    assert drawn.returncode == 0 and (tmp_path / "x.png").stat().st_size > 10_000, drawn.stderr

@@ -1,0 +1,220 @@
+"""`testbed report SWEEP_DIR --out DIR`: one static HTML page with the run table, every fit that applies (parameters,
+CIs, diagnostics), the figures and the warnings; it opens from disk with no server and no internet.
+
+Every kind of analysis/plotkinds.py is tried; one that does not apply to this sweep (no batch sweep for critbatch,
+one schedule for annealing, ...) is listed with the reason instead of failing the report. Figures are written as
+PNG (shown) and SVG (linked). The page is built in a temporary directory and moved into place, so an interrupted
+report never leaves a half-written DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from testbed.analysis import load as LD
+from testbed.analysis import plotkinds as PK
+from testbed.analysis import report as R
+
+from testbed.config import ConfigError
+
+# the report's kinds: analysis that reads a run table or curves (not published-table-only laws)
+REPORT_KINDS = ("curves", "compute", "isoflop", "envelope", "contour", "holdout", "transfer", "schedules",
+                "landscape", "critbatch")
+TABLE_COLUMNS = ("run_id", "status", "N", "N_nonembed", "D", "C", "loss")
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0} td,th{border:1px solid #ddd;padding:.2em .5em;
+text-align:right} th{background:#f4f4f4} td.l,th.l{text-align:left}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em;margin:.5em 0}
+.ok{background:#eef8ee;border-left:4px solid #3a3;padding:.5em 1em;margin:.5em 0}
+.muted{color:#777;font-size:.85em} code{background:#f4f4f4;padding:0 .2em}
+details{margin:.5em 0} pre{background:#f8f8f8;padding:.5em;overflow-x:auto;font-size:.8em}
+"""
+# On load the page records how many of its figures the browser decoded (tests read this from headless Chromium).
+CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.querySelectorAll('img.figure'));
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-figures', imgs.length);
+  document.body.setAttribute('data-figures-rendered', ok);
+});
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "no"
+    if isinstance(v, int | np.integer):
+        return f"{int(v):,}"
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    th = "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td class='{'l' if i < left else ''}'>{_fmt(v)}</td>" for i, v in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    """Config keys that differ across runs (the sweep's axes), dotted names only."""
+    keys = []
+    for c in df.columns:
+        if "." not in c or c in TABLE_COLUMNS:
+            continue
+        vals = df[c].dropna().astype(str)
+        if vals.nunique() > 1:
+            keys.append(c)
+    return keys
+
+
+def _run_table(df: pd.DataFrame) -> str:
+    axes = _varying(df)
+    cols = [c for c in TABLE_COLUMNS if c in df.columns] + axes
+    order = df.sort_values([c for c in ("C", "N") if c in df.columns] or ["run_id"])
+    return _table(cols, order[cols].to_numpy().tolist())
+
+
+def _params_table(fit: dict) -> str:
+    ci = fit.get("ci") or {}
+    rows = [[k, v, *(ci.get(k) or [None, None])] for k, v in (fit.get("params") or {}).items()
+            if isinstance(v, int | float)]
+    return _table(["parameter", "value", "95% CI low", "95% CI high"], rows) if rows else ""
+
+
+def _diagnostics(fit: dict) -> str:
+    d = fit.get("diagnostics") or {}
+    keys = ("converged", "grad_norm", "hessian_condition", "starts", "starts_within_1pct_of_best", "at_bound",
+            "outside_start_grid", "grid_fit_s", "fit_s")
+    items = [f"{k}={_fmt(d[k]) if not isinstance(d[k], list) else html.escape(', '.join(map(str, d[k])) or '-')}"
+             for k in keys if k in d]
+    return f"<p class='muted'>diagnostics: {'; '.join(items)}</p>" if items else ""
+
+
+def _warnings(fit: dict, kind: str) -> list[str]:
+    out = []
+    d = fit.get("diagnostics") or {}
+    if d.get("warning"):
+        out.append(f"{kind}: {d['warning']}")
+    if d.get("converged") is False and not d.get("warning"):
+        out.append(f"{kind}: the fit did not converge")
+    if d.get("at_bound"):
+        out.append(f"{kind}: parameter(s) on a bound: {', '.join(d['at_bound'])}")
+    return out  # runs excluded are the same for every fit: one warning at the top (build)
+
+
+def _section_html(s: PK.Section, svg: str | None) -> str:
+    parts = [f"<h2 id='{s.kind}'>{html.escape(s.title)}</h2>"]
+    if s.figure is not None:
+        link = f" <a href='figures/{html.escape(svg)}'>SVG</a>" if svg else ""
+        parts.append(f"<figure><img class='figure' src='figures/{html.escape(s.figure.name)}' "
+                     f"alt='{html.escape(s.title)}'><figcaption>{'<br>'.join(map(html.escape, s.notes))}"
+                     f" <a href='figures/{html.escape(s.figure.name)}'>PNG</a>{link}</figcaption></figure>")
+    if s.fit:
+        formula = s.fit.get("formula")
+        if formula:
+            parts.append(f"<p><code>{html.escape(formula)}</code> ({_fmt(s.fit.get('n_points'))} points)</p>")
+        parts.append(_params_table(s.fit))
+        parts.append(_diagnostics(s.fit))
+        parts.append("<details><summary>full fit JSON</summary><pre>"
+                     + html.escape(json.dumps(R.jsonable(s.fit), indent=1, default=str)[:20000]) + "</pre></details>")
+    return "\n".join(parts)
+
+
+def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, seed: int = 0,
+          kinds: tuple[str, ...] = REPORT_KINDS, holdout: str | None = None, progress=print) -> dict:
+    """Writes out_dir/index.html and out_dir/figures/; returns what was drawn and what was skipped (and why)."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
+    unknown = [k for k in kinds if k not in PK.KINDS]
+    if unknown:
+        raise ConfigError(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(PK.KINDS)}")
+    df = LD.load(sweep_dir)  # a ConfigError here (no run directories) stops before anything is written
+    _, excluded = LD.usable(df)
+    work = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "figures").mkdir(parents=True)
+    fits = PK.Fits(sweep_dir, bootstrap=bootstrap, seed=seed, holdout=holdout)
+    sections, skipped, warnings, timings = [], {}, [], {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        try:
+            s = PK.draw(kind, fits, work / "figures" / f"{kind}.png")
+            svg = None
+            try:  # the same figure as SVG (fits are memoized: this redraws, it does not refit)
+                svg = PK.draw(kind, fits, work / "figures" / f"{kind}.svg").figure.name
+            except Exception:  # noqa: BLE001 - the PNG is the report's figure; a missing SVG costs a link
+                pass
+            sections.append((s, svg))
+            if s.fit and kind not in ("compute", "contour"):  # compute/contour share the chinchilla fit's warnings
+                warnings += _warnings(s.fit, kind)
+            elif s.fit and kind == "compute":
+                warnings += _warnings(s.fit, "chinchilla")
+        except ConfigError as e:
+            skipped[kind] = str(e)
+        timings[kind] = round(time.perf_counter() - t0, 2)
+        progress(f"report: {kind} {'drawn' if kind not in skipped else 'skipped'} ({timings[kind]:.1f}s)")
+    counts = df["status"].fillna("incomplete").value_counts().to_dict() if "status" in df.columns else {}
+    note = LD.describe_exclusions(excluded)
+    if note:
+        warnings.insert(0, f"runs: {note}; every fit leaves them out")
+    page = _page(sweep_dir, df, counts, sections, skipped, warnings)
+    (work / "index.html").write_text(page, encoding="utf-8")
+    (work / "report.json").write_text(json.dumps(R.jsonable({
+        "sweep": str(sweep_dir), "runs": len(df), "status": counts, "excluded": excluded,
+        "sections": {s.kind: {"figure": f"figures/{s.figure.name}" if s.figure else None, "fit": s.fit}
+                     for s, _ in sections},
+        "skipped": skipped, "warnings": warnings, "seconds": timings}), default=str, indent=1))
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    work.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"index": str(out_dir / "index.html"), "drawn": [s.kind for s, _ in sections], "skipped": skipped,
+            "warnings": warnings, "seconds": timings}
+
+
+def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str]) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    toc = " · ".join(f"<a href='#{s.kind}'>{html.escape(s.kind)}</a>" for s, _ in sections)
+    warn = ("".join(f"<div class='warn'>{html.escape(w)}</div>" for w in warnings) if warnings
+            else "<div class='ok'>no warnings: every fit converged, no run was excluded</div>")
+    skip = ("<h2 id='skipped'>Not drawn for this sweep</h2>" + _table(["kind", "why"], [[k, v] for k, v in
+                                                                                       skipped.items()])
+            if skipped else "")
+    body = "\n".join(_section_html(s, svg) for s, svg in sections)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>testbed report: {html.escape(sweep_dir.name)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
+<body>
+<h1>Sweep report: {html.escape(str(sweep_dir))}</h1>
+<p class="muted">{len(df)} runs ({html.escape(status)}); generated {when} by <code>testbed report</code></p>
+<p>{toc}{' · <a href="#skipped">not drawn</a>' if skipped else ''} · <a href="#runs">runs</a></p>
+<h2>Warnings</h2>
+{warn}
+{body}
+{skip}
+<h2 id="runs">Runs</h2>
+{_run_table(df)}
+<script>{CHECK_SCRIPT}</script>
+</body></html>
+"""

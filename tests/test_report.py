@@ -1,0 +1,155 @@
+"""`testbed report` and `testbed plot` on a small synthetic sweep; the page checked in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from .conftest import SHARED_DATA
+from .test_load import write_run
+
+TRUE = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+BUDGETS = (3e16, 1e17, 3e17)
+
+
+def law(n, d):
+    return TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
+
+
+def synthetic_sweep(root, seed=0):
+    """An IsoFLOP sweep as testbed writes it: 3 budgets x 5 sizes, curves logged every 1/20 of training following
+    L(N, tokens) with 0.2% noise, plus one diverged run. N around the compute-optimal size of each budget."""
+    rng = np.random.default_rng(seed)
+    sweep = root / "sweep"
+    i = 0
+    for c in BUDGETS:
+        n_opt = 0.092 * (c / 6) ** 0.521  # the law's N_opt(C) = G (C/6)^a
+        for n in n_opt * np.geomspace(1 / 4, 4, 5):
+            n, d = float(n), c / (6 * n)
+            run = write_run(sweep, f"r{i:02d}", [f"seed={i}", f"model.d_model={32 * (1 + i % 3)}"], None)
+            rows = []
+            for k in range(1, 21):
+                t = d * k / 20
+                loss = law(n, t) * np.exp(0.002 * rng.standard_normal())
+                rows.append({"step": k, "tokens": t, "flops": 6 * n * t, "lr": 1e-3 * (1 - k / 21),
+                             "train_loss": loss, **({"eval_loss": loss} if k % 5 == 0 else {})})
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            final = rows[-1]["eval_loss"]
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "steps": 20, "tokens": d, "flops": 6 * n * d, "final_train_loss": final,
+                "final_eval_loss": final, "params_total": n, "params_embedding": 0.1 * n,
+                "params_nonembedding": 0.9 * n, "flops_per_token": 6 * n}))
+            i += 1
+    bad = write_run(sweep, "zz_div", ["seed=99", "optim.lr=10.0"], None)
+    (bad / "summary.json").write_text(json.dumps({"status": "diverged", "final_eval_loss": "nan", "params_total": 1e6,
+                                                  "tokens": 1e9, "flops": 6e15, "steps": 3}))
+    return sweep
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_path, cli):
+    sweep = synthetic_sweep(tmp_path)
+    out = tmp_path / "report"
+    r = cli("report", str(sweep), "--out", str(out), "--bootstrap", "50", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert {"curves", "compute", "isoflop", "envelope", "contour", "holdout"} <= set(res["drawn"]), res
+    assert {"transfer", "critbatch", "landscape"} <= set(res["skipped"])  # no LR grid, no batch sweep: said why
+    assert all(res["skipped"][k] for k in res["skipped"])
+    assert any("1 diverged" in w for w in res["warnings"]), res["warnings"]
+    page = (out / "index.html").read_text()
+    for kind in res["drawn"]:
+        png = out / "figures" / f"{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, kind
+        assert f"figures/{kind}.png" in page
+        svg = out / "figures" / f"{kind}.svg"
+        if svg.exists():
+            ET.parse(svg)  # well-formed
+    # the Chinchilla fit's parameters and CIs are on the page, and they recover the law the sweep was drawn from
+    report = json.loads((out / "report.json").read_text())
+    fit = report["sections"]["compute"]["fit"]
+    assert fit["params"]["alpha"] == pytest.approx(TRUE["alpha"], abs=0.08)
+    assert f"{fit['params']['alpha']:.4g}" in page and "95% CI" in page and "1 diverged" in page
+    assert report["sections"]["holdout"]["fit"]["holdout"]["mean_abs_rel_error"] < 0.02
+    # the run table lists every run with its status, and the varying config axis
+    assert page.count("<tr>") >= 16 + 1 and "diverged" in page and "model.d_model" in page
+    # a second report into the same directory replaces it whole
+    r2 = cli("report", str(sweep), "--out", str(out), "--kinds", "curves")
+    assert r2.returncode == 0, r2.stderr
+    assert not (out / "figures" / "compute.png").exists() and (out / "figures" / "curves.png").exists()
+    assert not list(tmp_path.glob(".report.*"))
+
+
+def test_report_bad_input_exits_2_and_writes_nothing(tmp_path, cli):
+    out = tmp_path / "report"
+    r = cli("report", str(tmp_path / "missing"), "--out", str(out))
+    assert r.returncode == 2 and "SWEEP_DIR" in r.stderr and not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("report", str(empty), "--out", str(out))
+    assert r.returncode == 2 and not out.exists()
+    r = cli("report", str(synthetic_sweep(tmp_path)), "--out", str(out), "--kinds", "nope")
+    assert r.returncode == 2 and "--kinds" in r.stderr and not out.exists()
+    r = cli("plot", "nope", str(empty))
+    assert r.returncode == 2 and "choose one of" in r.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on PATH (Debian: apt-get install chromium); the page "
+                                                "is still built and checked by the test above")
+def test_report_renders_its_figures_in_headless_chromium(tmp_path, cli):
+    """The page opened from disk (file://, no server) in headless Chromium: every figure decodes, and a
+    screenshot is not blank."""
+    sweep = synthetic_sweep(tmp_path)
+    out = tmp_path / "report"
+    r = cli("report", str(sweep), "--out", str(out), "--bootstrap", "20", "--kinds", "curves,isoflop,compute")
+    assert r.returncode == 0, r.stderr
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000"]
+    url = (out / "index.html").resolve().as_uri()
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HOME": str(tmp_path)})
+    m = re.search(r'data-figures="(\d+)" data-figures-rendered="(\d+)"', dom.stdout)
+    assert m, dom.stdout[-2000:] + dom.stderr[-2000:]
+    assert int(m.group(1)) == 3 and int(m.group(2)) == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+                   capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)}, cwd=tmp_path)
+    from matplotlib.image import imread
+
+    img = imread(shot)
+    assert img.shape[0] >= 2000 and img[..., :3].std() > 0.05  # figures and text, not a blank page
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "epoch_chinchilla").is_dir(), reason="../shared/data/epoch_chinchilla absent")
+def test_plot_reproduces_chinchilla_figure_4_from_epochs_points(tmp_path, cli):
+    csv = SHARED_DATA / "epoch_chinchilla" / "svg_extracted_data.csv"
+    out = tmp_path / "fig4.svg"
+    r = cli("plot", "contour", str(csv), "--columns", "N=Model Size,C=Training FLOP", "--out", str(out),
+            "--bootstrap", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["fit"]["params"]["alpha"] == pytest.approx(0.34, abs=0.02) and res["figure"] == str(out)
+    ET.parse(out)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "steplaw").is_dir(), reason="../shared/data/steplaw absent")
+def test_plot_draws_the_step_law_landscape_from_its_released_runs(tmp_path, cli):
+    """Batch in sequences of 2048 tokens (--columns seq_len=2048), the smoothed loss Step Law selects on."""
+    out = tmp_path / "landscape.png"
+    r = cli("plot", "landscape", str(SHARED_DATA / "steplaw" / "dense_lr_bs_loss.csv"), "--columns",
+            "loss=smooth loss,seq_len=2048", "--out", str(out), "--bootstrap", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(r.stdout)["fit"]
+    assert fit["diagnostics"]["cells"] == 17 and fit["params"]["gamma"] == pytest.approx(0.61, abs=0.03)
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 50_000
