@@ -138,8 +138,11 @@ def _section_html(s: PK.Section, svg: str | None) -> str:
 
 
 def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, seed: int = 0,
-          kinds: tuple[str, ...] = REPORT_KINDS, holdout: str | None = None, progress=print) -> dict:
-    """Writes out_dir/index.html and out_dir/figures/; returns what was drawn and what was skipped (and why)."""
+          kinds: tuple[str, ...] = REPORT_KINDS, holdout: str | None = None, progress=print,
+          preface: str | None = None, fits: PK.Fits | None = None) -> dict:
+    """Writes out_dir/index.html and out_dir/figures/; returns what was drawn and what was skipped (and why).
+    preface: text shown first, verbatim (testbed quickstart's summary); fits: a Fits over sweep_dir whose memoized
+    fits the figures reuse."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
@@ -151,7 +154,7 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
     work = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     (work / "figures").mkdir(parents=True)
-    fits = PK.Fits(sweep_dir, bootstrap=bootstrap, seed=seed, holdout=holdout)
+    fits = fits or PK.Fits(sweep_dir, bootstrap=bootstrap, seed=seed, holdout=holdout)
     sections, skipped, warnings, timings = [], {}, [], {}
     for kind in kinds:
         t0 = time.perf_counter()
@@ -175,7 +178,7 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
     note = LD.describe_exclusions(excluded)
     if note:
         warnings.insert(0, f"runs: {note}; every fit leaves them out")
-    page = _page(sweep_dir, df, counts, sections, skipped, warnings)
+    page = _page(sweep_dir, df, counts, sections, skipped, warnings, preface)
     (work / "index.html").write_text(page, encoding="utf-8")
     (work / "report.json").write_text(json.dumps(R.jsonable({
         "sweep": str(sweep_dir), "runs": len(df), "status": counts, "excluded": excluded,
@@ -192,7 +195,8 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
             "warnings": warnings, "seconds": timings}
 
 
-def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str]) -> str:
+def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str],
+          preface: str | None = None) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     toc = " · ".join(f"<a href='#{s.kind}'>{html.escape(s.kind)}</a>" for s, _ in sections)
@@ -209,6 +213,7 @@ def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: di
 <h1>Sweep report: {html.escape(str(sweep_dir))}</h1>
 <p class="muted">{len(df)} runs ({html.escape(status)}); generated {when} by <code>testbed report</code></p>
 <p>{toc}{' · <a href="#skipped">not drawn</a>' if skipped else ''} · <a href="#runs">runs</a></p>
+{f"<h2>Summary</h2><pre>{html.escape(preface)}</pre>" if preface else ""}
 <h2>Warnings</h2>
 {warn}
 {body}

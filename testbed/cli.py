@@ -237,6 +237,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from testbed.analysis import report
+    from testbed.launch import quickstart
+
+    out = quickstart.quickstart(args.out, size=args.size, workers=args.workers,
+                                log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(report.jsonable(out)))
+    else:
+        print(quickstart.format_summary(out))
+        ph = out.get("phases", {})
+        print(f"Report: {out['report']}" + (f"  ({ph['total_s'] / 60:.1f} min: train {ph['train_s']:.0f}s, fit "
+                                             f"{ph['fit_s']:.0f}s, held-out run {ph['holdout_train_s']:.0f}s, "
+                                             f"report {ph['report_s']:.0f}s)" if not out.get("resumed") else ""))
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -385,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write the comparison figure here")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("quickstart", help="train an IsoFLOP sweep on the embedded data, fit the scaling law, "
+                       "predict and train a held-out larger run, write the report (about 8 min on 2 CPU cores)")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    p.add_argument("--size", default="small", help="small (2-core laptop, default) | tiny (a 2-minute check) | "
+                   "gpu (one accelerator)")
+    p.add_argument("--workers", type=int, help="training processes (default: the measured local layout)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("plot", help="one paper-style figure from a sweep directory or a published table")
     p.add_argument("kind", help="curves | compute | isoflop | envelope | contour | holdout | transfer | schedules | "
