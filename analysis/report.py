@@ -270,7 +270,7 @@ def _plot_optima(objs: dict, out: dict, path: str | Path) -> None:
                         color=color, lw=1)
                 ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=130, color=color, edgecolors="k", zorder=3)
         ax.set(xscale="log", xlabel="N (parameters)", ylabel="final loss", title="IsoFLOP profiles (stars: vertices)")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper left")  # in the headroom made for the inset, clear of the points
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi + 0.7 * (hi - lo))  # headroom for the inset
         ax = ax.inset_axes([0.6, 0.6, 0.37, 0.36])
