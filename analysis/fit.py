@@ -125,6 +125,16 @@ def _check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
                               "cannot be identified (vary it across runs)")
     if not np.all(np.isfinite(y)) or np.any(y <= 0):
         raise ConfigError(f"fit {law.name}: losses must be finite and positive (the fit is in log space)")
+    if np.ptp(y) <= 1e-12 * np.max(y):
+        raise ConfigError(f"fit {law.name}: every loss is {y[0]:.6g}; constant losses identify none of the law's "
+                          "terms (check --columns loss=COLUMN, or that the runs differ)")
+    if {"N", "D"} <= set(law.inputs):  # D a fixed power of N (e.g. 20 tokens per parameter on every run)
+        logn, logd = np.log(X[:, law.inputs.index("N")]), np.log(X[:, law.inputs.index("D")])
+        slope, icpt = np.polyfit(logn, logd, 1)
+        if np.max(np.abs(logd - (slope * logn + icpt))) < 1e-6:
+            raise ConfigError(f"fit {law.name}: D = {np.exp(icpt):.4g} N^{slope:.3f} on every point, so the law's N "
+                              "and D terms cannot be told apart (the fit would trade one for the other); add runs at "
+                              "other token counts for the same N (e.g. an IsoFLOP grid: a sweep with design: isoflop)")
 
 
 def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0,

@@ -77,7 +77,9 @@ def _budget(c: float, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> dict[str, 
     out["interior"] = bool(0 <= pn["position"] <= 1 and 0 <= pd_["position"] <= 1)
     out["off_centre"] = bool(not OFF_CENTRE <= pn["position"] <= 1 - OFF_CENTRE)
     reason = None
-    if not (pn["curvature"] > 0 and pd_["curvature"] > 0):
+    if np.ptp(L) <= 1e-12 * np.abs(L).max():
+        reason = "every loss is equal: no minimum to locate"
+    elif not (pn["curvature"] > 0 and pd_["curvature"] > 0):
         reason = "no minimum (parabola curvature <= 0)"
     elif not out["interior"]:
         reason = f"vertex outside the sampled range (position {pn['position']:.2f} in log10 N; 0..1 is inside)"
@@ -144,6 +146,9 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
                             "x": "log10 N (and log10 D)", "rows_nonfinite_or_nonpositive": int((~keep).sum()),
                             "grid_fit_s": round(time.perf_counter() - t0, 3)}
     warn = []
+    if diag["rows_nonfinite_or_nonpositive"]:
+        warn.append(f"{diag['rows_nonfinite_or_nonpositive']} rows with a non-finite or non-positive N, D, loss or "
+                    f"{budget_col} left out (check --columns, or --filter them)")
     if not diag["converged"]:
         warn.append("budgets with no interior vertex: " + ", ".join(f"C={bd['C']:.3g}" for bd in fitted
                                                                      if not bd["used"])

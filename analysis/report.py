@@ -35,12 +35,21 @@ def _usable_curves(data, columns, filter) -> tuple[pd.DataFrame, dict[str, int]]
     return cur[cur["ok"].astype(bool)].copy(), LD.usable(cur.drop_duplicates("run_id"))[1]
 
 
+def _noting(e: ConfigError, excluded: dict[str, int]) -> ConfigError:
+    """A fit's refusal (e.g. too few points) with the runs left out before fitting, and why."""
+    note = LD.describe_exclusions(excluded)
+    return ConfigError(f"{e}; {note} before fitting") if note else e
+
+
 def _isoflop(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
     """Approach 2 on one row per run; budgets from the exact FLOPs C (or a mapped budget column)."""
     from testbed.analysis import isoflop
 
     rows, excluded = LD.usable(LD.load(data, columns=columns, filter=filter))
-    out = isoflop.isoflop_fit(rows, bootstrap=bootstrap, seed=seed)
+    try:
+        out = isoflop.isoflop_fit(rows, bootstrap=bootstrap, seed=seed)
+    except ConfigError as e:
+        raise _noting(e, excluded) from None
     return {**out, "excluded": excluded}, {"kind": "isoflop", "rows": rows}
 
 
@@ -229,7 +238,10 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
         mask = _holdout_mask(rows, holdout)
         fit_rows, held = rows[~mask].reset_index(drop=True), rows[mask].reset_index(drop=True)
     X, y = _xy(law, fit_rows)
-    res = _fit(law, X, y, bootstrap, seed)
+    try:
+        res = _fit(law, X, y, bootstrap, seed)
+    except ConfigError as e:
+        raise _noting(e, excluded) from None
     out: dict[str, Any] = {
         "law": law.name, "formula": law.formula, "params": res.params,
         "ci": {k: v for k, v in (res.ci or {}).items() if k in res.params or k in res.derived} or None,

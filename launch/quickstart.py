@@ -208,7 +208,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
                                           if "predicted_ci" in pred else "") + " before training it")
     _write_spec(holdout_path, sweep_spec(size, budgets=[budget], widths=[width]))
     t0 = time.perf_counter()
-    _train(holdout_path, out / "holdout", workers, log)
+    _train(holdout_path, out / "holdout", 1, log)  # one run: one process with every core
     phases["holdout_train_s"] = time.perf_counter() - t0
     hold_ids = _run_ids(holdout_path)
     held = LD.load(out / "holdout")

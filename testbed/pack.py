@@ -43,7 +43,6 @@ from testbed.runstore import RunDir
 # summarized exactly as its one-by-one run would be.
 from testbed.train import (
     Evaluator,
-    _checkpoint_manager,
     _finite,
     _restore,
     init_state,
@@ -129,6 +128,7 @@ class Member:
     source: Source
     evaluator: Evaluator
     mngr: Any = None
+    restored: Any = None  # the state restored from its newest readable checkpoint (None: starts at step 0)
     wall0: float = 0.0
     status: str | None = None  # None while training; completed | diverged once decided
     summary: dict | None = None
@@ -176,17 +176,19 @@ def train_pack(cfgs: list[Config], out_dirs: list[str | Path], progress: bool = 
         m.run.check_or_write_config(m.cfg)
     results: list[dict | None] = [None] * len(members)
     by_start: dict[int, list[int]] = {}
+    tmpl = template(cfgs)
     for i, m in enumerate(members):
         done = m.run.read_summary()
         if done is not None and done.get("status") in ("completed", "diverged"):
             log(f"{m.run.path}: already {done['status']} at step {done['steps']}; nothing to do")
             results[i] = done
             continue
-        m.mngr = _checkpoint_manager(m.run, m.cfg)
-        by_start.setdefault(m.mngr.latest_step() or 0, []).append(i)
+        p = init_params(m.cfg, jax.random.key(m.cfg.seed))  # the state's structure for the restore (as _train_group)
+        m.mngr, restored, start = _restore(m.run, m.cfg, init_state(tmpl, make_optimizer(tmpl, p), p), log)
+        m.restored = restored if start else None
+        by_start.setdefault(start, []).append(i)
     if len(by_start) > 1:
         log(f"pack members resume from different steps ({sorted(by_start)}); training one pack per step")
-    tmpl = template(cfgs)
     try:
         with StopRequest(also=should_stop) as stop:
             _train_groups(members, by_start, results, tmpl, progress, log, stop)
@@ -231,7 +233,10 @@ def _train_group(ms: list[Member], cfg: Config, progress: bool, log, stop: StopR
     params = [init_params(m.cfg, jax.random.key(m.cfg.seed)) for m in ms]
     tx = make_optimizer(cfg, params[0])
     schedule = schedules.from_config(cfg.optim, total)
-    state_K = stack([_restore(m.mngr, init_state(cfg, tx, p))[0] for m, p in zip(ms, params, strict=True)])
+    state_K = stack([m.restored if m.restored is not None else init_state(cfg, tx, p)
+                     for m, p in zip(ms, params, strict=True)])
+    for m in ms:
+        m.restored = None
     start = int(state_K["step"][0])
     for m in ms:
         rows = m.run.truncate_metrics(start)

@@ -5,10 +5,15 @@ Layout (a public interface: analysis code and users' scripts read these names):
   metrics.jsonl   one JSON object per logged step; each line goes down in one O_APPEND write
   summary.json    written last, via rename; its presence with status completed means the run is done
   checkpoints/    orbax CheckpointManager steps (orbax finalises each step by an atomic rename)
+  checkpoints_unreadable/   steps that failed to restore, moved aside when an older step restored instead
+
+A write that fails for lack of space (or another storage error) raises StorageError, a ConfigError: the CLI
+prints one line naming the run directory and the fix and exits 2; the run directory stays resumable.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,18 +23,44 @@ from typing import Any
 import yaml
 
 from testbed import config as C
+from testbed import faults
 
 STATUSES = ("completed", "diverged", "failed")
+# errnos of a full or failing disk: the fix is on the machine (free space, another --out), not in the config
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+STORAGE_MESSAGES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large")
+
+
+class RunDirError(C.ConfigError):
+    """The run directory's state stops training (its checkpoints cannot be read, or it cannot be written). A
+    ConfigError, so the CLI prints one line and exits 2 instead of a traceback; no summary is written for it."""
+
+
+class StorageError(RunDirError):
+    """The run directory could not be written (disk full, quota, read-only, I/O error); the same command resumes
+    once there is space."""
+
+
+def storage_error(e: BaseException) -> bool:
+    """Whether `e` is a full or failing disk (an OSError errno, or orbax/tensorstore's message for one)."""
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        return True
+    return any(m in str(e) for m in STORAGE_MESSAGES)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write-then-rename, so readers see the old file or the whole new one."""
+    """Write-then-rename, so readers see the old file or the whole new one; a failed write leaves no temp file."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(v: Any) -> Any:
@@ -62,23 +93,48 @@ class RunDir:
                 raise C.ConfigError(f"--out {self.path}: the run directory holds a different config "
                                     f"({diff}); pass a new --out, or the same config to resume")
             return
+        if self.path.exists() and not self.path.is_dir():
+            raise C.ConfigError(f"--out {self.path}: exists and is not a directory; pass a new run directory")
+        existed = self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, C.dump_yaml(cfg))
+        try:
+            atomic_write_text(self.config_path, C.dump_yaml(cfg))
+        except BaseException:
+            if not existed and not any(self.path.iterdir()):
+                self.path.rmdir()  # a failed first write (disk full) leaves no empty run directory behind
+            raise
+
+    def remove_stale_temps(self) -> None:
+        """Drops temporary files of atomic writes that a killed process never renamed (only litter: the file
+        they were to replace is whole, old or absent)."""
+        for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+            for tmp in self.path.glob(f".{name}.tmp.*"):
+                tmp.unlink(missing_ok=True)
 
     def load_config(self) -> C.Config:
         return C.from_dict(yaml.safe_load(self.config_path.read_text()))
 
     # --- metrics --------------------------------------------------------------------------------------
     def append_metrics(self, rows: list[dict]) -> None:
-        """Appends whole lines with one write() on an O_APPEND descriptor: no torn line on a kill."""
+        """Appends whole lines with one write() on an O_APPEND descriptor: no torn line on a kill; a failed
+        write (disk full) is cut back off before the error propagates."""
         if not rows:
             return
         data = "".join(json.dumps({k: _jsonable(v) for k, v in r.items()}) + "\n" for r in rows).encode()
         fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            n = os.write(fd, data)
-            if n != len(data):
-                raise OSError(f"short write to {self.metrics_path} ({n} of {len(data)} bytes)")
+            size = os.fstat(fd).st_size
+            try:
+                faults.point("append:metrics.jsonl", fd=fd, data=data)
+                n = 0
+                while n < len(data):  # a short write (a filling disk): the next write raises its errno
+                    w = os.write(fd, data[n:])
+                    if w <= 0:
+                        raise OSError(errno.ENOSPC, f"short write to {self.metrics_path}")
+                    n += w
+            except BaseException:
+                os.ftruncate(fd, size)  # no torn line left behind (shrinking needs no space)
+                raise
         finally:
             os.close(fd)
 

@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import branch, parametrization, schedules, shapes, sharding, spectral
+from testbed import branch, faults, parametrization, schedules, shapes, sharding, spectral
 from testbed.config import Config, ConfigError
 from testbed.data import Source, make_source
 from testbed.model import Transformer, init_params
 from testbed.optim import default_hparams, group_labels, group_table, inject, make_optimizer
 from testbed.preempt import StopRequest
-from testbed.runstore import RunDir
+from testbed.runstore import STORAGE_MESSAGES, RunDir, RunDirError, StorageError, storage_error
 
 TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
 
@@ -134,15 +134,64 @@ def _checkpoint_manager(run: RunDir, cfg: Config):
     return ocp.CheckpointManager(run.checkpoint_dir.absolute(), options=opts)
 
 
-def _restore(mngr, state: TrainState) -> tuple[TrainState, int]:
+def _restore(run: RunDir, cfg: Config, state: TrainState, log: Callable[[str], None]):
+    """(checkpoint manager, state, step) from the newest checkpoint that restores. A newer one that cannot be read
+    (truncated, corrupted) is moved to checkpoints_unreadable/ with a warning, so the run resumes from the one
+    before it and saves that step again. When none restores, nothing is moved: the error lists the steps and
+    how to start over."""
     import orbax.checkpoint as ocp
 
-    step = mngr.latest_step()
-    if step is None:
-        return state, 0
+    mngr = _checkpoint_manager(run, cfg)
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        return mngr, state, 0
+    faults.point("restore")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    return restored, int(step)
+    bad: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax/tensorstore raise ValueError, OSError, KeyError, ... for a broken step
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            bad.append((int(step), f"{type(e).__name__}: {first}"))
+            _quiet_closed_loop_callbacks()
+            mngr.close()
+            mngr = _checkpoint_manager(run, cfg)  # a failed restore can leave the manager's handlers confused
+            continue
+        if bad:
+            if sharding.is_primary():
+                aside = run.path / "checkpoints_unreadable"
+                aside.mkdir(exist_ok=True)
+                for s, why in bad:
+                    dest = aside / f"{s}.{time.strftime('%Y%m%d-%H%M%S')}"
+                    (run.checkpoint_dir / str(s)).rename(dest)
+                    log(f"WARNING: {run.checkpoint_dir / str(s)}: checkpoint cannot be restored ({why}); moved to "
+                        f"{dest}; resuming from the previous checkpoint (step {step})")
+            mngr.close()
+            mngr = _checkpoint_manager(run, cfg)  # sees the steps as they now are, so step s+... are saved again
+        return mngr, restored, int(step)
+    listing = "; ".join(f"step {s}: {why}" for s, why in bad)
+    raise RunDirError(f"{run.checkpoint_dir}: no checkpoint can be restored ({listing}); move the checkpoints "
+                      "directory aside to start the run from step 0, or restore it from a backup")
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed orbax restore or save, tensorstore's pending callbacks hit a closed asyncio loop and Python
+    prints one 'Event loop is closed' traceback per callback: that noise alone is dropped (other unraisables are
+    not). Installed once per process."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_testbed_quiet", False):
+        return
+
+    def hook(u) -> None:
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._testbed_quiet = True
+    sys.unraisablehook = hook
 
 
 class _Follower(RunDir):
@@ -177,23 +226,69 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
     if source.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
                           f"({source.vocab_size}); set model.vocab_size >= {source.vocab_size}")
-    run.check_or_write_config(cfg)
+    try:
+        run.check_or_write_config(cfg)
+    except OSError as e:
+        if storage_error(e):
+            raise _storage(run, e) from e
+        raise
     done = run.read_summary()
     if done is not None and done.get("status") in ("completed", "diverged"):
         log(f"{run.path}: already {done['status']} at step {done['steps']}; nothing to do")
         return done
+    if primary:
+        run.remove_stale_temps()
+    managers: list = []  # the loop's checkpoint manager, settled here if the loop raises
     try:
-        with StopRequest(also=should_stop) as stop:
-            return _train_loop(cfg, run, source, progress, log, stop)
+        try:
+            with StopRequest(also=should_stop) as stop:
+                return _train_loop(cfg, run, source, progress, log, stop, managers)
+        finally:
+            _settle(managers)
     except KeyboardInterrupt:
         raise
+    except RunDirError:
+        raise  # no summary: nothing about the run itself failed (unreadable checkpoints, a full disk)
     except Exception as e:
+        if storage_error(e):  # no summary: the run is incomplete and resumes once there is space
+            raise _storage(run, e) from e
         run.write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}",
                            "traceback": traceback.format_exc()})
         raise
 
 
-def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, stop: StopRequest) -> dict:
+def _settle(managers: list) -> None:
+    """After the loop raised: let an in-flight asynchronous checkpoint commit (or fail cleanly) before the process
+    exits, instead of being cut off at interpreter shutdown; its own error, if any, is not the one to report."""
+    for mngr in managers:
+        try:
+            mngr.wait_until_finished()
+        except Exception:
+            pass
+        try:
+            mngr.close()
+        except Exception:
+            pass
+    managers.clear()
+
+
+def _storage(run: RunDir, e: BaseException) -> StorageError:
+    """The one-line error for a full or failing disk: what happened, and that the same command resumes. orbax's
+    background writers fail the same way; their leftover futures' errors are not repeated at exit."""
+    import logging
+
+    _quiet_closed_loop_callbacks()
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved" at exit
+    why = e.strerror if isinstance(e, OSError) and e.strerror else next(
+        (m for m in STORAGE_MESSAGES if m in str(e)), "storage error")
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    return StorageError(f"--out {run.path}: {why} while writing the run directory ({first}); free disk space there "
+                        "(or pass an --out on another disk) and run the same command again: it resumes from the last "
+                        "checkpoint (no summary was written: the run is not counted as finished)")
+
+
+def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, stop: StopRequest,
+                managers: list) -> dict:
     acc = shapes.count(cfg)
     total = cfg.total_steps
     tokens_per_step = cfg.tokens_per_step
@@ -201,12 +296,13 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, s
     tx = make_optimizer(cfg, params)
     schedule = schedules.from_config(cfg.optim, total)
     hparams = default_hparams(cfg)
-    mngr = _checkpoint_manager(run, cfg)
     place = sharding.placement(cfg)  # None: one device, no shardings (the plain path)
     state = init_state(cfg, tx, params)
     if place is not None:  # restore reads the target shardings from the placed state: any mesh -> this mesh
         state, hparams = place.put(state, place.state_shardings(state)), place.put(hparams)
-    state, start = _restore(mngr, state)
+    _quiet_closed_loop_callbacks()  # a failing orbax write or read would print one traceback per pending callback
+    mngr, state, start = _restore(run, cfg, state, log)
+    managers.append(mngr)
     resumed = start
     if start == 0 and cfg.train.branch_from is not None:  # fresh branch: the parent's state and rows up to s
         state, start = branch.restore(cfg, run, state)
@@ -227,6 +323,7 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, s
     pure_step = make_train_step(cfg, tx, schedule)
     jitted = (jax.jit(pure_step, donate_argnums=0) if place is None
               else place.jit_step(pure_step, state, (A, micro, L + 1)))
+    faults.point("compile")
     step_fn = jitted.lower(state, batch_at(start), hparams).compile()
     compile_s = time.perf_counter() - t0
     evaluator = Evaluator(cfg, source, place)
@@ -286,10 +383,13 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, s
             break
         step = i + 1
         state, metrics = step_fn(state, batch, hparams)
+        faults.point("step", at=step)
         if voting:
             metrics = {**metrics, "stop_vote": place.vote(stop())}
         is_eval = step % cfg.train.eval_every == 0 or step == total or step in keep_steps
         ev = evaluator.dispatch(state["params"]) if is_eval else None
+        if is_eval:
+            faults.point("eval", at=step)
         is_sigma = sv is not None and (step % sigma_every == 0 or step == total)
         sig = sv.dispatch(state["params"]) if is_sigma else None
         if step < total:
@@ -310,6 +410,7 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, s
             break
         if is_ckpt:
             mngr.save(step, args=ocp.args.StandardSave(state))
+            faults.point("checkpoint", at=step)
             saved = step
     preempted = stopping and status == "completed" and step < total
     if preempted:  # rows in flight, then a checkpoint at this step; no summary, so the same command resumes
@@ -319,8 +420,10 @@ def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, s
             mngr.save(step, args=ocp.args.StandardSave(state))
     mngr.wait_until_finished()
     mngr.close()
+    managers.remove(mngr)
     if bar is not None:
         bar.close()
+    faults.point("finalize")
     if preempted:
         log(f"{run.path}: stopped by {stop.describe()} at step {step}; checkpointed, the same command resumes")
         return {"status": "incomplete", "steps": step}
