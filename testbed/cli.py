@@ -206,6 +206,17 @@ def cmd_compare(args) -> int:
     return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
 
 
+def cmd_simulate(args) -> int:
+    from testbed.analysis import report, simulate
+
+    params = simulate.parse_params(args.law, args.params)
+    out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset, repeats=args.repeats,
+                            bootstrap=args.bootstrap, methods=tuple(m for m in args.methods.split(",") if m.strip()),
+                            target_flops=args.target_flops, seed=args.seed, log=simulate._stderr)
+    print(json.dumps(report.jsonable(out)) if args.json else simulate.format_text(out))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from testbed.analysis import load, plotkinds, report
 
@@ -403,8 +414,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the comparison figure here")
     p.set_defaults(fn=cmd_compare)
 
+    p = sub.add_parser("simulate", help="synthetic losses from a known law on a design, refitted: each method's "
+                       "bias and CI coverage for the parameters and the compute-optimal target (docs/simulation.md)")
+    p.add_argument("--law", default="chinchilla", help="the true law (chinchilla)")
+    p.add_argument("--params", help="its parameters, e.g. E=1.8,A=400,B=2000,alpha=0.34,beta=0.37")
+    p.add_argument("--noise", default="lognormal:0.01", help="lognormal:SIGMA | hetero:SIGMA (sigma x (N/N_min)^-0.5)"
+                   " | seed:SIGMA (one draw per model size + SIGMA/4 per point); SIGMA in log loss")
+    p.add_argument("--design", required=True, help="a sweep YAML (N = params_total, D = tokens), or "
+                   "isoflop:C1,C2,...:K:SPAN (K sizes over SPAN decades centred on the true N_opt(C))")
+    p.add_argument("--offset", type=float, default=1.0, help="isoflop: designs: centre the sizes on OFFSET x the "
+                   "true N_opt (off-centre grids)")
+    p.add_argument("--repeats", type=int, default=100, help="synthetic data sets (default 100)")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="K", help="resamples per fit for the CIs")
+    p.add_argument("--methods", default="chinchilla,isoflop", help="comma-separated: chinchilla, chinchilla-vp, "
+                   "isoflop (default chinchilla,isoflop)")
+    p.add_argument("--target-flops", type=float, help="compute for the N_opt / loss prediction (default 10x the "
+                   "design's largest)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_simulate)
+
     p = sub.add_parser("quickstart", help="train an IsoFLOP sweep on the embedded data, fit the scaling law, "
-                       "predict and train a held-out larger run, write the report (about 8 min on 2 CPU cores)")
+                       "predict and train a held-out larger run, write the report (about 7 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument("--size", default="small", help="small (2-core laptop, default) | tiny (a 2-minute check) | "
                    "gpu (one accelerator)")
