@@ -439,3 +439,31 @@ def downstream(rows: pd.DataFrame, fit_json: dict, out) -> Path:
     ax.set_title(f"downstream error vs loss ({len(L)} runs)")
     ax.legend(loc="lower right")
     return _save(fig, out)
+
+
+@_styled
+def plan_history(hist: list[dict], out: str | Path) -> Path:
+    """A progressive plan's rounds: the target's 95% interval width vs the sweep's compute, the width each round's
+    plan predicted, and the threshold."""
+    fig, (ax,) = _figure(size=(5.6, 3.8))
+    x = np.array([h["flops_in_sweep"] for h in hist])
+    w = np.array([h["width"] for h in hist])
+    ax.plot(x, w, "-o", color="C0", label="fit (bootstrap 95% width)")
+    for h in hist:
+        if "predicted_width" in h:
+            ax.plot([h["flops_in_sweep"], h["flops_in_sweep"] + h["planned_flops"]],
+                    [h["width"], h["predicted_width"]], ":", color="C1", lw=1)
+            ax.plot([h["flops_in_sweep"] + h["planned_flops"]], [h["predicted_width"]], "o", mfc="none",
+                    color="C1", label="predicted by the round's plan" if h is hist[0] else None)
+    ax.axhline(hist[-1]["threshold"], color="C3", ls="--", lw=1, label=f"threshold {hist[-1]['threshold']:.1%}")
+    for h in hist:
+        ax.annotate(str(h["round"]), (h["flops_in_sweep"], h["width"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    what = "loss at the compute-optimal point" if hist[-1]["target"] == "loss" else "N_opt"
+    ax.set_xlabel("FLOPs trained in the sweep")
+    ax.set_ylabel("95% interval width (relative)")
+    ax.set_title(f"{what} at C = {hist[-1]['target_flops']:.2g}: {hist[-1].get('stop', 'in progress')}")
+    ax.legend(fontsize=7)
+    return _save(fig, out)

@@ -138,16 +138,21 @@ def _check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
 
 
 def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0,
-        starts: np.ndarray | None = None, polish_iters: int = POLISH_ITERS, boot_iters: int | None = None
-        ) -> FitResult:
-    """The best of every start of law's grid; with bootstrap > 0, percentile CIs from refits on resampled points."""
+        starts: np.ndarray | None = None, polish_iters: int = POLISH_ITERS, boot_iters: int | None = None,
+        pad_to: int | None = None) -> FitResult:
+    """The best of every start of law's grid; with bootstrap > 0, percentile CIs from refits on resampled points.
+    pad_to: append zero-weight copies of the first point up to this many rows, so fits of growing data (a
+    progressive plan's rounds) reuse one compiled program instead of compiling per size (~10 s each)."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
     _check_points(law, X, y)
     starts = law.starts() if starts is None else np.asarray(starts, np.float64)
+    n, pad = len(y), max(0, (pad_to or 0) - len(y))
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         f = _objective(law)
-        Xj, logy, w1 = jnp.asarray(X), jnp.log(jnp.asarray(y)), jnp.ones(len(y))
+        Xp, yp = np.vstack([X, np.repeat(X[:1], pad, 0)]), np.concatenate([y, np.repeat(y[:1], pad)])
+        Xj, logy = jnp.asarray(Xp), jnp.log(jnp.asarray(yp))
+        w1 = jnp.asarray(np.r_[np.ones(n), np.zeros(pad)])
         solve = _solver(law, GRID_ITERS, "starts")
         thetas, vals, gnorms = (np.array(a) for a in solve(jnp.asarray(starts), Xj, logy, w1))
         top = np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:POLISH]
@@ -167,7 +172,8 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
         if bootstrap:
             t1 = time.perf_counter()
             rng = np.random.default_rng(seed)
-            W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=bootstrap).astype(np.float64)
+            W = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64)
+            W = np.hstack([W, np.zeros((bootstrap, pad))])
             if boot_iters is None:
                 boot_iters = BOOT_ITERS if len(y) >= SMALL_N else BOOT_ITERS_SMALL
             boot_solve = _solver(law, boot_iters, "weights")

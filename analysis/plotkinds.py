@@ -151,6 +151,26 @@ def transfer(fits: Fits, out: Path) -> Section:
 
 
 # name -> (what it shows, draw). Order = the report's order.
+def plan(fits: Fits, out: Path) -> Section:
+    """The rounds of `testbed plan --progressive` (SWEEP_DIR/plan/history.jsonl)."""
+    import json
+
+    from testbed.analysis import figures as FG
+
+    path = Path(fits.data) / "plan" / "history.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"plan: no {path} (it is written by testbed plan SWEEP_DIR --progressive)")
+    hist = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not hist:
+        raise ConfigError(f"plan: {path} is empty")
+    notes = [f"round {h['round']}: {h['runs']} runs, {h['flops_in_sweep']:.3g} FLOPs, estimate {h['estimate']:.4g}, "
+             f"width {h['width']:.2%}" + (f"; planned {len(h['proposals'])} runs ({h['planned_flops']:.3g} FLOPs) "
+                                          f"predicted to leave {h['predicted_width']:.2%}" if "proposals" in h else "")
+             + (f"; stopped: {h['stop']}" if h.get("stop") else "") for h in hist]
+    return Section("plan", "Progressive plan: the target's interval per round", FG.plan_history(hist, out),
+                   notes=notes)
+
+
 KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
     "curves": ("loss curves vs tokens and compute, coloured by N, with the compute-optimal frontier", curves),
     "compute": ("final loss vs compute with the fitted L*(C) and a bootstrap extrapolation band", compute),
@@ -172,6 +192,8 @@ KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
                   _via_fit("overtrain", "overtrain", "Over-training law")),
     "downstream": ("downstream error vs loss with the fitted law", _via_fit("downstream", "downstream",
                                                                            "Loss to downstream error")),
+    "plan": ("the target's interval width per round of testbed plan --progressive, with each plan's prediction",
+             plan),
 }
 
 

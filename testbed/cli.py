@@ -210,10 +210,41 @@ def cmd_simulate(args) -> int:
     from testbed.analysis import report, simulate
 
     params = simulate.parse_params(args.law, args.params)
-    out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset, repeats=args.repeats,
+    if args.design == "plan":
+        from testbed.analysis import simplan
+
+        out = simplan.compare(params, args.noise, args.grid, target=args.target, target_flops=args.target_flops,
+                              k=args.k, repeats=args.repeats or 10, bootstrap=args.bootstrap, seed=args.seed,
+                              log=simulate._stderr)
+        if args.plot:
+            simplan.plot(out, args.plot)
+        print(json.dumps(report.jsonable(out)) if args.json else simplan.format_text(out))
+        return 0
+    out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset,
+                            repeats=args.repeats or 100,
                             bootstrap=args.bootstrap, methods=tuple(m for m in args.methods.split(",") if m.strip()),
                             target_flops=args.target_flops, seed=args.seed, log=simulate._stderr)
     print(json.dumps(report.jsonable(out)) if args.json else simulate.format_text(out))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from testbed.analysis import report
+    from testbed.launch import nextruns
+
+    widths = [int(w) for w in args.widths.split(",") if w.strip()] if args.widths else None
+    kw = dict(target_flops=args.target_flops, target=args.target, budget=args.budget, k=args.k, widths=widths,
+              bootstrap=args.bootstrap, seed=args.seed)
+    if args.progressive:
+        if args.threshold is None:
+            raise C.ConfigError("--progressive: pass --threshold W, the relative 95% interval width to stop at "
+                                "(e.g. 0.02: the interval spans 2% of the prediction)")
+        out = nextruns.progressive(args.sweep_dir, threshold=args.threshold, max_rounds=args.max_rounds,
+                                   workers=args.workers, log=lambda m: print(m, file=sys.stderr, flush=True), **kw)
+        print(json.dumps(report.jsonable(out)))
+        return 0
+    out = nextruns.plan(args.sweep_dir, out=args.out, stop_width=args.threshold, **kw)
+    print(json.dumps(report.jsonable(nextruns.jsonable(out))) if args.json else nextruns.format_text(out))
     return 0
 
 
@@ -421,10 +452,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", default="lognormal:0.01", help="lognormal:SIGMA | hetero:SIGMA (sigma x (N/N_min)^-0.5)"
                    " | seed:SIGMA (one draw per model size + SIGMA/4 per point); SIGMA in log loss")
     p.add_argument("--design", required=True, help="a sweep YAML (N = params_total, D = tokens), or "
-                   "isoflop:C1,C2,...:K:SPAN (K sizes over SPAN decades centred on the true N_opt(C))")
+                   "isoflop:C1,C2,...:K:SPAN (K sizes over SPAN decades centred on the true N_opt(C)), or plan "
+                   "(the adaptive plan vs --grid: compute each needs for the same interval at the target)")
+    p.add_argument("--grid", default="isoflop:1e18,1e19,1e20:7:1.5", help="--design plan: the uniform IsoFLOP grid "
+                   "the adaptive plan is compared with (its 2 smallest budgets seed the plan)")
+    p.add_argument("--target", default="loss", choices=("loss", "n_opt"), help="--design plan: the prediction whose "
+                   "interval is compared (loss at the compute-optimal point, or N_opt)")
+    p.add_argument("--k", type=int, default=4, help="--design plan: runs per plan round")
+    p.add_argument("--plot", default=None, help="--design plan: write the width-vs-compute figure here")
     p.add_argument("--offset", type=float, default=1.0, help="isoflop: designs: centre the sizes on OFFSET x the "
                    "true N_opt (off-centre grids)")
-    p.add_argument("--repeats", type=int, default=100, help="synthetic data sets (default 100)")
+    p.add_argument("--repeats", type=int, default=None, help="synthetic data sets (default 100; 10 with --design "
+                   "plan, whose repeats each refit every round)")
     p.add_argument("--bootstrap", type=int, default=100, metavar="K", help="resamples per fit for the CIs")
     p.add_argument("--methods", default="chinchilla,isoflop", help="comma-separated: chinchilla, chinchilla-vp, "
                    "isoflop (default chinchilla,isoflop)")
@@ -433,6 +472,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("plan", help="the next runs that most shrink the 95%% interval of a prediction at a target "
+                       "compute, per FLOP, as a sweep file; --progressive trains them round by round")
+    p.add_argument("sweep_dir", help="a sweep directory with finished runs (testbed sweep --out)")
+    p.add_argument("--law", default="chinchilla", choices=("chinchilla",), help="the law whose fit is planned for")
+    p.add_argument("--target-flops", type=float, required=True, help="the compute C you want to predict at")
+    p.add_argument("--target", default="loss", choices=("loss", "n_opt"),
+                   help="loss: the predicted loss at the compute-optimal point of C; n_opt: N_opt(C)")
+    p.add_argument("--budget", type=float, default=None, help="FLOPs for the new runs (default: the FLOPs already "
+                   "in the sweep); with --progressive, for all rounds together")
+    p.add_argument("--k", type=int, default=4, help="runs per plan (per round with --progressive)")
+    p.add_argument("--widths", default=None, help="candidate d_model values, comma-separated (default: the sweep's "
+                   "widths and 1.5x, 2x, 3x its widest)")
+    p.add_argument("--out", default=None, help="write the proposals as a sweep file (train it with testbed sweep "
+                   "NEXT.yaml --out SWEEP_DIR)")
+    p.add_argument("--threshold", type=float, default=None, help="relative 95%% interval width to reach (0.02 = "
+                   "2%%): stop planning once it is predicted; --progressive stops when the fit reaches it")
+    p.add_argument("--progressive", action="store_true", help="fit -> plan -> train rounds in SWEEP_DIR until "
+                   "--threshold or --budget; history in SWEEP_DIR/plan/history.jsonl (shown by testbed report)")
+    p.add_argument("--max-rounds", type=int, default=10, help="--progressive: at most this many rounds")
+    p.add_argument("--workers", type=int, default=None, help="--progressive: trainer processes per round")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="resamples for the fit's intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("quickstart", help="train an IsoFLOP sweep on the embedded data, fit the scaling law, "
                        "predict and train a held-out larger run, write the report (about 7 min on 2 CPU cores)")
