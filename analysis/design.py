@@ -41,9 +41,17 @@ def jacobian(theta: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndarray:
 
 def target_value(theta: np.ndarray, target: str, flops: float) -> float:
     """log L*(C) or log N_opt(C) under raw parameters theta."""
-    q = laws.CHINCHILLA.natural(dict(zip(laws.CHINCHILLA.raw, map(float, theta), strict=True)))
-    o = laws.chinchilla_optimum(q, flops)
-    return float(np.log(o["loss"] if target == "loss" else o["N_opt"]))
+    q = {k: np.float64(v) for k, v in laws.CHINCHILLA.natural(
+        dict(zip(laws.CHINCHILLA.raw, map(float, theta), strict=True))).items()}
+    with np.errstate(all="ignore"):  # a refit with alpha or beta <= 0 has no optimum: nan, not a complex power
+        o = laws.chinchilla_optimum(q, flops)
+        return float(np.log(o["loss"] if target == "loss" else o["N_opt"]))
+
+
+def boot_values(boot_raw: np.ndarray, target: str, flops: float) -> np.ndarray:
+    """The log target under each bootstrap refit that has a compute-optimal point (finite values only)."""
+    g = np.array([target_value(t, target, flops) for t in boot_raw], np.float64)
+    return g[np.isfinite(g)]
 
 
 def target_grad(theta: np.ndarray, target: str, flops: float, h: float = 1e-6) -> np.ndarray:
@@ -102,8 +110,8 @@ def state(raw: dict[str, float], N, D, loss, target: str, flops: float,
     grad = target_grad(theta, target, flops)
     s = State(theta, cov, grad, sigma, 1.0, target, flops, target_value(theta, target, flops))
     if boot_raw is not None and len(boot_raw) >= 20:
-        g = np.array([target_value(t, target, flops) for t in boot_raw])
-        w_boot = float(np.percentile(g, 97.5) - np.percentile(g, 2.5))
+        g = boot_values(boot_raw, target, flops)
+        w_boot = float(np.percentile(g, 97.5) - np.percentile(g, 2.5)) if len(g) >= 20 else 0.0
         w_lin = float(s.width())
         if w_lin > 0 and w_boot > 0:
             s.scale = w_boot / w_lin

@@ -231,5 +231,7 @@ def _bootstrap_summary(law: Law, bt: np.ndarray, bv: np.ndarray) -> tuple[dict, 
         rows.append({**p, **law.derive(p)})
     keys = list(rows[0]) if rows else []
     boot = {k: np.array([r[k] for r in rows]) for k in keys}
-    ci = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot.items()}
+    with np.errstate(all="ignore"):  # nan-only columns (no refit had a value) give nan CIs, not an error
+        ci = {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] if np.isfinite(v).any()
+              else [float("nan")] * 2 for k, v in boot.items()}
     return boot, ci

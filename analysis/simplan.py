@@ -42,7 +42,7 @@ def _fit_width(N, D, y, target: str, flops: float, bootstrap: int, seed: int, st
     """The fit, its 95% bootstrap interval width of the log target, and the point estimate."""
     pad = PAD if len(N) <= PAD else 2 * PAD
     r = F.fit(laws.CHINCHILLA, np.stack([N, D], 1), y, bootstrap=bootstrap, seed=seed, starts=starts, pad_to=pad)
-    g = np.array([DS.target_value(t, target, flops) for t in r.boot_raw])
+    g = DS.boot_values(r.boot_raw, target, flops)
     est = DS.target_value(DS.raw_vector(r.raw), target, flops)
     return r, float(np.percentile(g, 97.5) - np.percentile(g, 2.5)), est
 
@@ -131,8 +131,8 @@ def format_text(out: dict) -> str:
         last = r["plan_rounds"][-1]
         frac = "not reached" if r["fraction"] is None else f"{r['fraction']:.2f}"
         lines.append(f"{i:6d} {r['grid_width']:10.4f} {len(r['plan_rounds']) - 1:11d} {last['runs']:9d} {frac:>19s}")
-    lines.append(f"median: the plan reaches the grid's interval width with {out['median_fraction']:.2f} of its compute; "
-                 f"within half in {out['reached_within_half']:.0%} of repeats, at all in {out['reached']:.0%}")
+    lines.append(f"median: the plan reaches the grid's interval width with {out['median_fraction']:.2f} of its "
+                 f"compute; within half in {out['reached_within_half']:.0%} of repeats, at all in {out['reached']:.0%}")
     return "\n".join(lines)
 
 
@@ -159,9 +159,9 @@ def plot(out: dict, path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("compute spent / the grid's compute")
     what = "loss at the compute-optimal point" if out["target"] == "loss" else "N_opt"
-    ax.set_ylabel(f"95% interval width of log {what}")
-    ax.set_title(f"{what} at C = {out['target_flops']:.2g}: plan vs grid ({out['repeats']} repeats, noise "
-                 f"{out['noise']['kind']}:{out['noise']['sigma']:g})", fontsize=9)
+    ax.set_ylabel("95% interval width, ln(hi / lo)")
+    ax.set_title(f"{what} at C = {out['target_flops']:.2g}: adaptive plan vs IsoFLOP grid\n{out['repeats']} "
+                 f"repeats, noise {out['noise']['kind']}:{out['noise']['sigma']:g}, grid {out['grid']}", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

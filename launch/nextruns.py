@@ -44,8 +44,9 @@ def _fit(sweep_dir: Path, target: str, flops: float, bootstrap: int, seed: int):
     st = DS.state(res.raw, N, D, y, target, flops, res.boot_raw)
     ci = None
     if res.boot_raw is not None and len(res.boot_raw):
-        g = np.array([DS.target_value(t, target, flops) for t in res.boot_raw])
-        ci = [float(np.exp(np.percentile(g, 2.5))), float(np.exp(np.percentile(g, 97.5)))]
+        g = DS.boot_values(res.boot_raw, target, flops)
+        if len(g):
+            ci = [float(np.exp(np.percentile(g, 2.5))), float(np.exp(np.percentile(g, 97.5)))]
     return out, rows, st, ci
 
 
@@ -157,12 +158,12 @@ def plan(sweep_dir: str | Path, *, target_flops: float, target: str = "loss", bu
         raise C.ConfigError(f"--k: must be >= 1 runs, got {k}")
     if not sweep_dir.is_dir():
         raise C.ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
+    if budget is not None and not budget > 0:
+        raise C.ConfigError(f"--budget: must be > 0 FLOPs (default: the FLOPs already in the sweep), got {budget}")
     t0 = time.perf_counter()
     fit_out, rows, st, ci = fitted or _fit(sweep_dir, target, target_flops, bootstrap, seed)
     spent = float(rows["C"].sum())
     budget = spent if budget is None else float(budget)
-    if not budget > 0:
-        raise C.ConfigError(f"--budget: must be > 0 FLOPs, got {budget}")
     cands = candidates(sweep_dir, rows, min(budget, target_flops), widths)
     picks = DS.select(st, [c["N"] for c in cands], [c["D"] for c in cands], [c["flops"] for c in cands], k, budget,
                       stop_width)
@@ -259,6 +260,7 @@ def progressive(sweep_dir: str | Path, *, target_flops: float, threshold: float,
     """fit -> plan -> train rounds until the bootstrap width at the target is <= threshold or the budget is spent.
     Resumable: SWEEP_DIR/plan/history.jsonl holds every round; a round whose runs did not finish is trained again."""
     from testbed.launch import sweep
+
     from testbed.runstore import atomic_write_text
 
     sweep_dir = Path(sweep_dir)

@@ -88,7 +88,7 @@ def test_plan_cli_writes_a_sweep_file_of_exactly_the_proposed_new_runs(tmp_path,
     spent = sum(r["flops"] for r in rows)
     nxt = tmp_path / "next.yaml"
     p = cli("plan", str(sweep_dir), "--target-flops", "1e12", "--k", "3", "--budget", str(spent),
-            "--bootstrap", "60", "--out", str(nxt), "--json")
+            "--bootstrap", "60", "--target", "n_opt", "--out", str(nxt), "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     props = out["proposals"]
@@ -109,24 +109,24 @@ def test_plan_cli_writes_a_sweep_file_of_exactly_the_proposed_new_runs(tmp_path,
                      strict=True):
         assert r.cfg.model.d_model == p_["d_model"] and r.cfg.train.steps == p_["steps"]
     # the text form names each run with its cost and the width it leaves
-    t = cli("plan", str(sweep_dir), "--target-flops", "1e12", "--k", "2", "--bootstrap", "60",
-            "--target", "n_opt")
-    assert t.returncode == 0, t.stderr
-    assert "pts/1e12 FLOPs" in t.stdout and "N_opt" in t.stdout
+    text = nextruns.format_text(out)
+    assert "pts/1e12 FLOPs" in text and "N_opt" in text and all(p_["run_id"] in text for p_ in props)
 
 
 def test_plan_bad_input_exits_2_and_writes_nothing(tmp_path, cli):
     sweep_dir, _ = _fake_sweep(tmp_path)
     nxt = tmp_path / "next.yaml"
-    for args, word in [(("--target-flops", "-1"), "--target-flops"), (("--target-flops", "1e12", "--k", "0"), "--k"),
-                       (("--target-flops", "1e12", "--progressive"), "--threshold"),
-                       (("--target-flops", "1e12", "--budget", "0"), "--budget")]:
-        p = cli("plan", str(sweep_dir), *args, "--bootstrap", "0", "--out", str(nxt))
-        assert p.returncode == 2, (args, p.stderr)
-        assert word in p.stderr
-        assert not nxt.exists()
+    p = cli("plan", str(sweep_dir), "--target-flops", "1e12", "--progressive", "--out", str(nxt))
+    assert p.returncode == 2 and "--threshold" in p.stderr, p.stderr
     p = cli("plan", str(tmp_path / "nope"), "--target-flops", "1e12")
-    assert p.returncode == 2 and "SWEEP_DIR" in p.stderr
+    assert p.returncode == 2 and "SWEEP_DIR" in p.stderr, p.stderr
+    for kw, word in [({"target_flops": -1}, "--target-flops"), ({"k": 0}, "--k"), ({"budget": 0.0}, "--budget"),
+                     ({"target": "E"}, "--target")]:
+        with pytest.raises(C.ConfigError, match=word):  # the CLI prints these and exits 2, as above
+            nextruns.plan(sweep_dir, **{"target_flops": 1e12, "out": nxt, **kw})
+    with pytest.raises(C.ConfigError, match="--threshold"):
+        nextruns.progressive(sweep_dir, target_flops=1e12, threshold=0)
+    assert not nxt.exists() and not (sweep_dir / "plan").exists()
 
 
 def test_candidates_follow_the_sweeps_ladder(tmp_path):
@@ -142,3 +142,32 @@ def test_candidates_follow_the_sweeps_ladder(tmp_path):
     assert min(c["steps"] for c in cands) >= rows["steps"].min()
     with pytest.raises(C.ConfigError, match="--widths"):
         nextruns.candidates(sweep_dir, rows, cap=1e11, widths=[20])  # 20 is not a multiple of head size 8
+
+
+def test_progressive_trains_planned_rounds_into_the_sweep_and_keeps_history(tmp_path, jax_env, monkeypatch):
+    """One real round: plan -> train (tiny runs, real trainer) -> refit; the history and the report figure."""
+    from testbed.analysis import plotkinds as PK
+
+    for k, v in jax_env.items():
+        monkeypatch.setenv(k, v)
+    sweep_dir, _ = _fake_sweep(tmp_path)
+    before = {d.name for d in sweep_dir.iterdir()}
+    kw = dict(target_flops=1e12, threshold=1e-4, budget=1e10, k=2, bootstrap=40, max_rounds=1, workers=2,
+              log=lambda _: None)
+    out = nextruns.progressive(sweep_dir, **kw)
+    assert out["stop"] == "max_rounds" and out["rounds"] == 1
+    hist = [json.loads(line) for line in (sweep_dir / "plan" / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in hist] == [0, 1]
+    first = hist[0]
+    ids = {p["run_id"] for p in first["proposals"]}
+    assert {r.run_id for r in sweep.expand(first["sweep_file"], log=lambda _: None)} == ids
+    assert {d.name for d in sweep_dir.iterdir()} - before - {"plan", "sweep.yaml", "manifest.json"} == ids
+    for rid in ids:  # trained for real, into the same sweep directory
+        assert json.loads((sweep_dir / rid / "summary.json").read_text())["status"] == "completed"
+    assert hist[1]["runs"] == first["runs"] + len(ids)
+    assert first["planned_flops"] <= 1e10 and hist[1]["plan_flops_spent"] == first["planned_flops"]
+    assert hist[1]["predicted_by_last_round"] == first["predicted_width"]
+    s = PK.draw("plan", PK.Fits(sweep_dir), tmp_path / "plan.png")
+    assert s.figure.stat().st_size > 10_000 and "round 0" in s.notes[0] and "stopped: max_rounds" in s.notes[-1]
+    with pytest.raises(C.ConfigError, match="--target"):  # another target cannot continue this history
+        nextruns.progressive(sweep_dir, **{**kw, "target_flops": 1e13})

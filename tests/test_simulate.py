@@ -79,3 +79,28 @@ def test_cli_json_and_errors(cli):
         r = cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert field in r.stderr and "e.g." in r.stderr, r.stderr
+
+
+def test_design_plan_rounds_grow_within_budget_and_stop_at_the_grids_width(cli):
+    from testbed.analysis import simplan
+
+    out = simplan.compare(Q, "lognormal:0.01", "isoflop:1e18,1e19,1e20:5:1.5", target="n_opt", target_flops=1e21,
+                          repeats=1, bootstrap=40, seed=3)
+    assert out["grid_flops"] == pytest.approx(5 * (1e18 + 1e19 + 1e20))
+    assert out["seed_flops"] == pytest.approx(5 * (1e18 + 1e19))
+    r = out["runs"][0]
+    rounds = r["plan_rounds"]
+    assert rounds[0]["runs"] == 10 and rounds[0]["flops"] == pytest.approx(out["seed_flops"])
+    for a, b in zip(rounds, rounds[1:], strict=False):  # each round adds <= k runs within 25% of the compute so far
+        assert 0 < b["runs"] - a["runs"] <= out["k"]
+        assert a["flops"] < b["flops"] <= a["flops"] * (1 + out["round_growth"]) * (1 + 1e-9)
+        assert "predicted_width" in a
+    if r["fraction"] is not None:  # stopped because its own interval is as narrow as the grid's
+        assert rounds[-1]["width"] <= r["grid_width"]
+        assert r["fraction"] == pytest.approx(rounds[-1]["flops"] / out["grid_flops"])
+    else:
+        assert rounds[-1]["flops"] <= out["grid_flops"]
+    text = simplan.format_text(out)
+    assert "plan compute / grid" in text and "median" in text
+    p = cli("simulate", "--params", S.EXAMPLE_PARAMS, "--design", "plan", "--grid", "configs/isoflop.yaml")
+    assert p.returncode == 2 and "--grid" in p.stderr
