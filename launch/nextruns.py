@@ -307,9 +307,13 @@ def progressive(sweep_dir: str | Path, *, target_flops: float, threshold: float,
             break
         left = budget - spent_plan
         out = pdir / f"round-{entry['round']:02d}.yaml"
-        r = plan(sweep_dir, target_flops=target_flops, target=target, k=k, widths=widths, stop_width=threshold,
-                 budget=min(left, max(ROUND_GROWTH * in_dir, 0.0)) if left > 0 else 0.0, out=out, fitted=fitted) \
-            if left > 0 else None
+        r = None
+        # this round may spend ROUND_GROWTH of the sweep's FLOPs; if no candidate is that cheap, whatever is left
+        for round_budget in dict.fromkeys(b for b in (min(left, ROUND_GROWTH * in_dir), left) if b > 0):
+            r = plan(sweep_dir, target_flops=target_flops, target=target, k=k, widths=widths, stop_width=threshold,
+                     budget=round_budget, out=out, fitted=fitted)
+            if r["proposals"]:
+                break
         if r is None or not r["proposals"]:
             entry["stop"] = "budget"
             hist.append(entry)

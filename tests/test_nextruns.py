@@ -171,3 +171,17 @@ def test_progressive_trains_planned_rounds_into_the_sweep_and_keeps_history(tmp_
     assert s.figure.stat().st_size > 10_000 and "round 0" in s.notes[0] and "stopped: max_rounds" in s.notes[-1]
     with pytest.raises(C.ConfigError, match="--target"):  # another target cannot continue this history
         nextruns.progressive(sweep_dir, **{**kw, "target_flops": 1e13})
+
+
+def test_a_refit_without_a_compute_optimal_point_is_nan_not_complex():
+    """A bootstrap refit with alpha <= 0 has no optimum; its derived values are nan and are left out of CIs."""
+    from testbed.analysis import laws
+
+    d = laws.chinchilla_derived({**Q, "alpha": -0.1})
+    assert isinstance(d["G"], float) and np.isnan(d["G"])
+    arr = laws.chinchilla_derived({**Q, "alpha": np.array([0.34, -0.1])})["G"]
+    assert np.isfinite(arr[0]) and np.isnan(arr[1])
+    bad = DS.raw_vector({**RAW, "alpha": -0.1})
+    assert np.isnan(DS.target_value(bad, "n_opt", 1e21))
+    good = DS.raw_vector(RAW)
+    assert DS.boot_values(np.stack([good, bad]), "n_opt", 1e21).shape == (1,)
