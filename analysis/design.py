@@ -24,6 +24,10 @@ TARGETS = ("loss", "n_opt")
 Z95 = 1.959964
 SIGMA_FLOOR = 1e-4  # log-loss residual scale never taken below this (a perfect fit would make every run "free")
 RIDGE = 1e-10  # relative ridge on the Fisher information: few points leave directions unidentified
+# candidates keep tokens per parameter within this factor of the measured runs' range: the law is trusted where it
+# was measured. Unbounded, the design buys extreme runs (0.01 or 10,000 tokens per parameter) whose information
+# holds only if the law is exactly right there; a model trained on 0.1 tokens per parameter is mostly warmup.
+RATIO_MARGIN = 2.0
 
 
 def raw_vector(raw: dict[str, float]) -> np.ndarray:

@@ -29,13 +29,17 @@ SIZES_PER_DECADE, BUDGETS_PER_DECADE = 6, 4  # candidate grid: log-spaced model 
 
 def candidates(N: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
     """Every (size, budget) over the grid's ranges: sizes from the smallest to the largest N of the grid, budgets
-    from its smallest to its largest C; D = C / 6N. The plan may not train anything larger than the grid does."""
+    from its smallest to its largest C; D = C / 6N. The plan may not train anything larger than the grid does, nor
+    outside its tokens-per-parameter range widened by design.RATIO_MARGIN (the rule `testbed plan` applies)."""
     lo, hi = np.log10(N.min()), np.log10(N.max())
     sizes = np.logspace(lo, hi, max(2, int(round((hi - lo) * SIZES_PER_DECADE)) + 1))
     clo, chi = np.log10(C.min()), np.log10(C.max())
     budgets = np.logspace(clo, chi, max(2, int(round((chi - clo) * BUDGETS_PER_DECADE)) + 1))
     n, c = (a.ravel() for a in np.meshgrid(sizes, budgets))
-    return {"N": n, "D": c / (6 * n), "C": c}
+    d = c / (6 * n)
+    ratio = C / (6 * N ** 2)
+    keep = (d / n >= ratio.min() / DS.RATIO_MARGIN) & (d / n <= ratio.max() * DS.RATIO_MARGIN)
+    return {"N": n[keep], "D": d[keep], "C": c[keep]}
 
 
 def _fit_width(N, D, y, target: str, flops: float, bootstrap: int, seed: int, starts) -> tuple[Any, float, float]:
@@ -99,6 +103,7 @@ def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "l
             if not picks:
                 break
             rounds[-1]["predicted_width"] = picks[-1]["width_after"]
+            rounds[-1]["picks"] = [[p["N"], p["D"]] for p in picks]
             pN, pD = np.array([p["N"] for p in picks]), np.array([p["D"] for p in picks])
             N, D, C = np.r_[N, pN], np.r_[D, pD], np.r_[C, [p["flops"] for p in picks]]
             y = np.r_[y, SIM.draw(law(pN, pD), pN, kind, sigma, rng)]

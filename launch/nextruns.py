@@ -27,9 +27,6 @@ Log = Callable[[str], None]
 EXTRA_RUNGS = (1.5, 2.0, 3.0)  # default candidate widths beyond the sweep's widest, as multiples of it
 BUDGETS_PER_OCTAVE = 2  # candidate budgets: 2 per factor of 2 of FLOPs
 SHAPE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.head_dim", "model.d_ff")
-# candidates keep tokens per parameter within this factor of the sweep's range: the fitted law is trusted where it
-# was measured (a model trained on 0.1 tokens per parameter is mostly warmup, not the law's regime)
-RATIO_MARGIN = 2.0
 ROUND_GROWTH = 0.25  # progressive: a round may spend this fraction of the FLOPs already in the sweep (as simulated)
 
 
@@ -81,7 +78,8 @@ def _widths(rows, fam: dict, widths: list[int] | None) -> list[int]:
 def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = None) -> list[dict]:
     """Every ladder shape x budget (2 per octave, from the smallest run's FLOPs to cap) as a validated config with
     its exact N, D and FLOPs; runs already in the sweep directory, runs shorter than its shortest and runs outside
-    its tokens-per-parameter range (widened by RATIO_MARGIN) are left out."""
+    its tokens-per-parameter range (widened by design.RATIO_MARGIN) are left out."""
+    from testbed.analysis import design as DS
     from testbed.launch import sweep
 
     from testbed import shapes as S
@@ -95,7 +93,7 @@ def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = Non
     if cap > budgets[-1] * (1 + 1e-6):
         budgets = np.r_[budgets, cap]
     ratio = (rows["D"] / rows["N"]).to_numpy(np.float64)
-    r_lo, r_hi = ratio.min() / RATIO_MARGIN, ratio.max() * RATIO_MARGIN
+    r_lo, r_hi = ratio.min() / DS.RATIO_MARGIN, ratio.max() * DS.RATIO_MARGIN
     existing = set(rows["run_id"])
     out = []
     for width in _widths(rows, fam, widths):
