@@ -187,8 +187,9 @@ def plan(sweep_dir: str | Path, *, target_flops: float, target: str = "loss", bu
         header = [f"testbed plan {sweep_dir} --target {target} --target-flops {target_flops:.3g}: {len(proposals)} "
                   f"runs, {result['planned_flops']:.3g} FLOPs of a {budget:.3g} budget",
                   f"{what} at C = {target_flops:.3g}: {result['estimate']:.4g}, 95% interval width "
-                  f"{result['width']:.2%} now, {result['predicted_width']:.2%} predicted after these runs"]
-        header += [_explain(p) for p in proposals]
+                  f"{fmt_width(result['width'], target)} now, {fmt_width(result['predicted_width'], target)} "
+                  "predicted after these runs"]
+        header += [_explain(p, target) for p in proposals]
         header += [f"train: testbed sweep {out} --out {sweep_dir}"]
         text, spec = sweep_file(sweep_dir, proposals, header)
         out = Path(out)
@@ -207,11 +208,21 @@ def plan(sweep_dir: str | Path, *, target_flops: float, target: str = "loss", bu
     return result
 
 
-def _explain(p: dict) -> str:
+def fmt_width(w: float, target: str) -> str:
+    """A relative width: percent for the loss; for N_opt (often wide) also the factor hi/lo = e^w."""
+    return f"{w:.2%}" if target == "loss" else f"x{np.exp(w):.2f} (ln {w:.3f})"
+
+
+def _explain(p: dict, target: str) -> str:
     return (f"d_model {p['d_model']} x {p['n_layers']} layers (N {p['N']:.3g}), {p['steps']} steps (D {p['D']:.3g},"
-            f" {p['tokens_per_param']:.1f} tokens/param), {p['flops']:.3g} FLOPs: interval {p['width_before']:.2%} -> "
-            f"{p['width_after']:.2%}, {p['width_reduction'] / p['width_before']:.0%} narrower, "
+            f" {p['tokens_per_param']:.1f} tokens/param), {p['flops']:.3g} FLOPs: interval "
+            f"{fmt_width(p['width_before'], target)} -> {fmt_width(p['width_after'], target)}, "
+            f"{p['width_reduction'] / p['width_before']:.0%} narrower, "
             f"{_per_tflop(p):.3g} points per 1e12 FLOPs")
+
+
+def _short(w: float, target: str) -> str:
+    return f"{w:.2%}" if target == "loss" else f"x{np.exp(w):.2f}"
 
 
 def _per_tflop(p: dict) -> float:
@@ -222,16 +233,18 @@ def _per_tflop(p: dict) -> float:
 def format_text(r: dict) -> str:
     lo, hi = r["ci"] or (float("nan"), float("nan"))
     lines = [f"plan {r['sweep_dir']}: {r['runs']} runs ({r['flops_in_sweep']:.3g} FLOPs); {r['what']} at C = "
-             f"{r['target_flops']:.3g}: {r['estimate']:.4g} [{lo:.4g}, {hi:.4g}], width {r['width']:.2%} "
-             f"(bootstrap; linearised {r['linear_width']:.2%}, residual sigma {r['sigma']:.2g})",
+             f"{r['target_flops']:.3g}: {r['estimate']:.4g} [{lo:.4g}, {hi:.4g}], width "
+             f"{fmt_width(r['width'], r['target'])} "
+             f"(bootstrap; linearised {fmt_width(r['linear_width'], r['target'])}, residual sigma {r['sigma']:.2g})",
              f"budget {r['budget']:.3g} FLOPs, k = {r['k']}, {r['candidates']} candidates; proposed "
              f"{len(r['proposals'])} runs, {r['planned_flops']:.3g} FLOPs -> predicted width "
-             f"{r['predicted_width']:.2%}",
+             f"{fmt_width(r['predicted_width'], r['target'])}",
              f"{'run_id':12s} {'d_model':>7s} {'layers':>6s} {'steps':>6s} {'N':>9s} {'D':>9s} {'D/N':>6s} "
              f"{'FLOPs':>9s} {'width after':>11s} {'cut':>5s} {'pts/1e12 FLOPs':>14s}"]
     for p in r["proposals"]:
         lines.append(f"{p['run_id']:12s} {p['d_model']:7d} {p['n_layers']:6d} {p['steps']:6d} {p['N']:9.3g} "
-                     f"{p['D']:9.3g} {p['tokens_per_param']:6.1f} {p['flops']:9.3g} {p['width_after']:11.2%} "
+                     f"{p['D']:9.3g} {p['tokens_per_param']:6.1f} {p['flops']:9.3g} "
+                     f"{_short(p['width_after'], r['target']):>11s} "
                      f"{p['width_reduction'] / p['width_before']:5.0%} {_per_tflop(p):14.3g}")
     if not r["proposals"]:
         lines.append("no candidate fits the budget (raise --budget, or pass --widths with smaller shapes)")
@@ -296,8 +309,8 @@ def progressive(sweep_dir: str | Path, *, target_flops: float, threshold: float,
                  "width": float(st.width())}
         if hist and "predicted_width" in hist[-1]:
             entry["predicted_by_last_round"] = hist[-1]["predicted_width"]
-        log(f"plan round {entry['round']}: {len(rows)} runs, width {entry['width']:.2%} (threshold "
-            f"{threshold:.2%}); plan spent {spent_plan:.3g} of {budget:.3g} FLOPs")
+        log(f"plan round {entry['round']}: {len(rows)} runs, width {fmt_width(entry['width'], target)} (threshold "
+            f"{fmt_width(threshold, target)}); plan spent {spent_plan:.3g} of {budget:.3g} FLOPs")
         if entry["width"] <= threshold or len(hist) >= max_rounds:
             entry["stop"] = "reached" if entry["width"] <= threshold else "max_rounds"
             hist.append(entry)

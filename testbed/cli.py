@@ -487,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "widths and 1.5x, 2x, 3x its widest)")
     p.add_argument("--out", default=None, help="write the proposals as a sweep file (train it with testbed sweep "
                    "NEXT.yaml --out SWEEP_DIR)")
-    p.add_argument("--threshold", type=float, default=None, help="relative 95%% interval width to reach (0.02 = "
-                   "2%%): stop planning once it is predicted; --progressive stops when the fit reaches it")
+    p.add_argument("--threshold", type=float, default=None, help="95%% interval width to reach, ln(hi/lo): 0.02 is "
+                   "2%% of the loss; for n_opt 0.69 is a factor of 2. Planning stops once it is predicted; "
+                   "--progressive stops when the fit reaches it")
     p.add_argument("--progressive", action="store_true", help="fit -> plan -> train rounds in SWEEP_DIR until "
                    "--threshold or --budget; history in SWEEP_DIR/plan/history.jsonl (shown by testbed report)")
     p.add_argument("--max-rounds", type=int, default=10, help="--progressive: at most this many rounds")
