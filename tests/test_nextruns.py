@@ -83,14 +83,16 @@ def _fake_sweep(tmp_path, noise=0.005, seed=0):
     return out, rows
 
 
-def test_plan_cli_writes_a_sweep_file_of_exactly_the_proposed_new_runs(tmp_path, cli):
+def test_plan_writes_a_sweep_file_of_exactly_the_proposed_new_runs(tmp_path):
+    """In process (the CLI's exit-2 path is tested below): the fit's compiled programs are shared with the
+    progressive test, which saves CI a compile per test."""
+    from testbed.analysis import report
+
     sweep_dir, rows = _fake_sweep(tmp_path)
     spent = sum(r["flops"] for r in rows)
     nxt = tmp_path / "next.yaml"
-    p = cli("plan", str(sweep_dir), "--target-flops", "1e12", "--k", "3", "--budget", str(spent),
-            "--bootstrap", "60", "--target", "n_opt", "--out", str(nxt), "--json")
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout)
+    res = nextruns.plan(sweep_dir, target_flops=1e12, k=3, budget=spent, bootstrap=60, target="n_opt", out=nxt)
+    out = json.loads(json.dumps(report.jsonable(nextruns.jsonable(res))))  # what --json prints
     props = out["proposals"]
     assert 1 <= len(props) <= 3
     assert out["planned_flops"] <= spent * (1 + 1e-9)

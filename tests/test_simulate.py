@@ -85,7 +85,7 @@ def test_design_plan_rounds_grow_within_budget_and_stop_at_the_grids_width(cli):
     from testbed.analysis import simplan
 
     out = simplan.compare(Q, "lognormal:0.01", "isoflop:1e18,1e19,1e20:5:1.5", target="n_opt", target_flops=1e21,
-                          repeats=1, bootstrap=40, seed=3)
+                          repeats=1, bootstrap=30, seed=3)
     assert out["grid_flops"] == pytest.approx(5 * (1e18 + 1e19 + 1e20))
     assert out["seed_flops"] == pytest.approx(5 * (1e18 + 1e19))
     r = out["runs"][0]
