@@ -58,6 +58,21 @@ def boot_values(boot_raw: np.ndarray, target: str, flops: float) -> np.ndarray:
     return g[np.isfinite(g)]
 
 
+def boot_interval(boot_raw: np.ndarray | None, target: str, flops: float,
+                  min_refits: int = 1) -> tuple[float, float] | None:
+    """The 95% percentile interval of the log target over the bootstrap refits (None with fewer than min_refits);
+    its width hi - lo is the relative width every caller reports and compares."""
+    g = boot_values(boot_raw, target, flops) if boot_raw is not None else np.empty(0)
+    if len(g) < min_refits:
+        return None
+    return float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))
+
+
+def fmt_width(w: float, target: str) -> str:
+    """A relative width: percent for the loss; for N_opt (often wide) also the factor hi/lo = e^w."""
+    return f"{w:.2%}" if target == "loss" else f"x{np.exp(w):.2f} (ln {w:.3f})"
+
+
 def target_grad(theta: np.ndarray, target: str, flops: float, h: float = 1e-6) -> np.ndarray:
     """Central differences: 10 evaluations of a closed form, exact to ~1e-9."""
     g = np.zeros(5)
@@ -113,10 +128,9 @@ def state(raw: dict[str, float], N, D, loss, target: str, flops: float,
     cov = np.linalg.pinv(info + RIDGE * np.trace(info) * np.eye(5))
     grad = target_grad(theta, target, flops)
     s = State(theta, cov, grad, sigma, 1.0, target, flops, target_value(theta, target, flops))
-    if boot_raw is not None and len(boot_raw) >= 20:
-        g = boot_values(boot_raw, target, flops)
-        w_boot = float(np.percentile(g, 97.5) - np.percentile(g, 2.5)) if len(g) >= 20 else 0.0
-        w_lin = float(s.width())
+    ci = boot_interval(boot_raw, target, flops, min_refits=20)
+    if ci is not None:
+        w_boot, w_lin = ci[1] - ci[0], float(s.width())
         if w_lin > 0 and w_boot > 0:
             s.scale = w_boot / w_lin
     return s

@@ -150,12 +150,12 @@ def transfer(fits: Fits, out: Path) -> Section:
                    [line for line in T.format_report(result).splitlines() if "verdict" in line.lower()][:4])
 
 
-# name -> (what it shows, draw). Order = the report's order.
 def plan(fits: Fits, out: Path) -> Section:
     """The rounds of `testbed plan --progressive` (SWEEP_DIR/plan/history.jsonl)."""
     import json
 
     from testbed.analysis import figures as FG
+    from testbed.analysis.design import fmt_width
 
     path = Path(fits.data) / "plan" / "history.jsonl"
     if not path.is_file():
@@ -164,13 +164,15 @@ def plan(fits: Fits, out: Path) -> Section:
     if not hist:
         raise ConfigError(f"plan: {path} is empty")
     notes = [f"round {h['round']}: {h['runs']} runs, {h['flops_in_sweep']:.3g} FLOPs, estimate {h['estimate']:.4g}, "
-             f"width {h['width']:.2%}" + (f"; planned {len(h['proposals'])} runs ({h['planned_flops']:.3g} FLOPs) "
-                                          f"predicted to leave {h['predicted_width']:.2%}" if "proposals" in h else "")
+             f"width {fmt_width(h['width'], h['target'])}"
+             + (f"; planned {len(h['proposals'])} runs ({h['planned_flops']:.3g} FLOPs) predicted to leave "
+                f"{fmt_width(h['predicted_width'], h['target'])}" if "proposals" in h else "")
              + (f"; stopped: {h['stop']}" if h.get("stop") else "") for h in hist]
     return Section("plan", "Progressive plan: the target's interval per round", FG.plan_history(hist, out),
                    notes=notes)
 
 
+# name -> (what it shows, draw). Order = the report's order.
 KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
     "curves": ("loss curves vs tokens and compute, coloured by N, with the compute-optimal frontier", curves),
     "compute": ("final loss vs compute with the fitted L*(C) and a bootstrap extrapolation band", compute),

@@ -46,9 +46,8 @@ def _fit_width(N, D, y, target: str, flops: float, bootstrap: int, seed: int, st
     """The fit, its 95% bootstrap interval width of the log target, and the point estimate."""
     pad = PAD if len(N) <= PAD else 2 * PAD
     r = F.fit(laws.CHINCHILLA, np.stack([N, D], 1), y, bootstrap=bootstrap, seed=seed, starts=starts, pad_to=pad)
-    g = DS.boot_values(r.boot_raw, target, flops)
-    est = DS.target_value(DS.raw_vector(r.raw), target, flops)
-    return r, float(np.percentile(g, 97.5) - np.percentile(g, 2.5)), est
+    lo, hi = DS.boot_interval(r.boot_raw, target, flops) or (np.nan, np.nan)
+    return r, hi - lo, DS.target_value(DS.raw_vector(r.raw), target, flops)
 
 
 def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "loss",

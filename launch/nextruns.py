@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from testbed.analysis.design import fmt_width
 
 from testbed import config as C
 
@@ -39,12 +40,8 @@ def _fit(sweep_dir: Path, target: str, flops: float, bootstrap: int, seed: int):
     rows, res = objs["fit_rows"], objs["result"]
     N, D, y = (rows[c].to_numpy(np.float64) for c in ("N", "D", "loss"))
     st = DS.state(res.raw, N, D, y, target, flops, res.boot_raw)
-    ci = None
-    if res.boot_raw is not None and len(res.boot_raw):
-        g = DS.boot_values(res.boot_raw, target, flops)
-        if len(g):
-            ci = [float(np.exp(np.percentile(g, 2.5))), float(np.exp(np.percentile(g, 97.5)))]
-    return out, rows, st, ci
+    log_ci = DS.boot_interval(res.boot_raw, target, flops)
+    return out, rows, st, None if log_ci is None else [float(np.exp(v)) for v in log_ci]
 
 
 def _ladder_family(rows) -> dict[str, Any]:
@@ -206,11 +203,6 @@ def plan(sweep_dir: str | Path, *, target_flops: float, target: str = "loss", bu
         result["out"] = str(out)
     result["elapsed_s"] = round(time.perf_counter() - t0, 2)
     return result
-
-
-def fmt_width(w: float, target: str) -> str:
-    """A relative width: percent for the loss; for N_opt (often wide) also the factor hi/lo = e^w."""
-    return f"{w:.2%}" if target == "loss" else f"x{np.exp(w):.2f} (ln {w:.3f})"
 
 
 def _explain(p: dict, target: str) -> str:
