@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from testbed import config as C
-from testbed import schedules
-from testbed.model import init_params
-from testbed.optim import default_hparams, make_optimizer
+from testbed import config
+from testbed.model import init_params, param_info
+from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step
 
 REFERENCE = ["train.steps=100", "model.d_model=256", "model.n_layers=4", "model.n_heads=4", "model.vocab_size=256",
@@ -54,23 +53,22 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
-    cfg = C.load(None, [*REFERENCE, *args.overrides])
-    tx = make_optimizer(cfg, init_params(cfg, jax.random.key(0)))
-    step = jax.jit(make_train_step(cfg, tx, schedules.from_config(cfg.optim, cfg.total_steps)))
+    cfg = config.load(None, [*REFERENCE, *args.overrides])
+    tx = make_optimizer(cfg, param_info(init_params(cfg, jax.random.key(0))))
+    step = jax.jit(make_train_step(cfg, tx))
     state = init_state(cfg, tx)
     A, B, L = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len
     batch = jnp.asarray(np.random.default_rng(0).integers(0, cfg.model.vocab_size, (A, B, L + 1), dtype=np.int32))
-    hp = default_hparams(cfg)
-    hlo = step.lower(state, batch, hp).compile().as_text()
+    hlo = step.lower(state, batch).compile().as_text()
     meta = {m.group(1): (m.group(2), m.group(3)) for m in
             re.finditer(r"%([\w.\-]+) = \S+ (\S+?)\(.*?op_name=\"([^\"]*)\"", hlo)}
     for _ in range(2):
-        state, m = step(state, batch, hp)
+        state, m = step(state, batch)
     jax.block_until_ready(m)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):
             for _ in range(args.steps):
-                state, m = step(state, batch, hp)
+                state, m = step(state, batch)
                 jax.block_until_ready(m)
         trace = next(Path(tmp).rglob("*.trace.json.gz"))
         events = json.load(gzip.open(trace))["traceEvents"]

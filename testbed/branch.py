@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import yaml
 
-from testbed import config as C
-from testbed import schedules
+from testbed import checkpoints, schedules
+from testbed.config import Config, ConfigError, from_dict, identity
 from testbed.runstore import RunDir, _diff
 
 # May differ between parent and child: how long, how often to log/evaluate/checkpoint, and the schedule's shape
@@ -27,82 +27,64 @@ FREE_KEYS = ("train.steps", "train.tokens", "train.eval_every", "train.log_every
              "optim.final_lr_frac")
 
 
-def parent_dir(cfg: C.Config, run_path: str | Path) -> Path:
+def parent_dir(cfg: Config, run_path: str | Path) -> Path:
     """train.branch_from resolved: absolute as given, else relative to the run directory's parent folder."""
     p = Path(cfg.train.branch_from)
     return p if p.is_absolute() else Path(run_path).absolute().parent / p
 
 
-def _comparable(cfg: C.Config) -> dict:
+def _comparable(cfg: Config) -> dict:
     """The identity minus FREE_KEYS: what must be equal for the child to continue the parent's computation."""
-    d = C.identity(cfg)
+    d = identity(cfg)
     for key in FREE_KEYS:
         section, name = key.split(".")
         d[section].pop(name, None)
     return d
 
 
-def _lr_factors(cfg: C.Config, steps: int) -> np.ndarray:
+def _lr_factors(cfg: Config, steps: int) -> np.ndarray:
     """The schedule's LR factor at updates 0..steps-1 (update s-1 produces step s's params)."""
     f = schedules.from_config(cfg.optim, cfg.total_steps)
     return np.asarray(jax.device_get(f(np.arange(steps, dtype=np.int32))), np.float64)
 
 
-def _checkpoint_reader(parent: Path):
-    import orbax.checkpoint as ocp
-
-    opts = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    return ocp.CheckpointManager((parent / "checkpoints").absolute(), options=opts)
-
-
-def check_parent(cfg: C.Config, run_path: str | Path) -> RunDir:
+def check_parent(cfg: Config, run_path: str | Path) -> RunDir:
     """The parent run, checked: same computation up to branch_step, and a checkpoint there. ConfigError if not."""
     parent, s = RunDir(parent_dir(cfg, run_path)), cfg.train.branch_step
     where = f"train.branch_from {cfg.train.branch_from!r} ({parent.path})"
     if not parent.config_path.is_file():
-        raise C.ConfigError(f"{where}: no run directory with a config.yaml there; branch_from is the parent's run "
+        raise ConfigError(f"{where}: no run directory with a config.yaml there; branch_from is the parent's run "
                             "directory, relative to this run's folder (in a sweep directory: the parent's run id)")
     try:
-        pcfg = C.from_dict(yaml.safe_load(parent.config_path.read_text()))
-    except (C.ConfigError, yaml.YAMLError) as e:
-        raise C.ConfigError(f"{where}: its config.yaml cannot be read ({e})") from None
+        pcfg = from_dict(yaml.safe_load(parent.config_path.read_text()))
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"{where}: its config.yaml cannot be read ({e})") from None
     diff = _diff(_comparable(pcfg), _comparable(cfg))
     if diff:
-        raise C.ConfigError(f"{where}: the parent computes something else ({diff}); a branch may differ only in "
+        raise ConfigError(f"{where}: the parent computes something else ({diff}); a branch may differ only in "
                             f"{', '.join(FREE_KEYS)}")
     if s > pcfg.total_steps:
-        raise C.ConfigError(f"train.branch_step: {s} is past the parent's {pcfg.total_steps} steps ({parent.path})")
+        raise ConfigError(f"train.branch_step: {s} is past the parent's {pcfg.total_steps} steps ({parent.path})")
     lr_parent, lr_child = _lr_factors(pcfg, s), _lr_factors(cfg, s)
     if not np.allclose(lr_parent, lr_child, rtol=1e-6, atol=1e-9):
         i = int(np.argmax(~np.isclose(lr_parent, lr_child, rtol=1e-6, atol=1e-9)))
-        raise C.ConfigError(f"optim.schedule: this run's LR factor at update {i} is {lr_child[i]:.6g}, the parent's "
+        raise ConfigError(f"optim.schedule: this run's LR factor at update {i} is {lr_child[i]:.6g}, the parent's "
                             f"{lr_parent[i]:.6g}; before train.branch_step={s} the schedules must agree (e.g. a "
                             "constant-LR parent and a wsd child whose cooldown starts at the branch step, with the "
                             "same warmup)")
-    mngr = _checkpoint_reader(parent.path)
-    try:
-        steps = list(mngr.all_steps())
-    finally:
-        mngr.close()
+    steps = checkpoints.saved_steps(parent)
     if s not in steps:
         status = parent.status()
-        raise C.ConfigError(f"train.branch_step: the parent ({parent.path}, {status}) has no checkpoint at step {s} "
+        raise ConfigError(f"train.branch_step: the parent ({parent.path}, {status}) has no checkpoint at step {s} "
                             f"(it has {sorted(steps) or 'none'}); train the parent first, with {s} in its "
                             "train.checkpoint_steps so it is kept")
     return parent
 
 
-def restore(cfg: C.Config, run: RunDir, state: dict) -> tuple[dict, int]:
+def restore(cfg: Config, run: RunDir, state: dict) -> tuple[dict, int]:
     """The parent's state at branch_step (restored onto `state`'s shapes and shardings), its rows copied to `run`."""
-    import orbax.checkpoint as ocp
-
     parent, s = check_parent(cfg, run.path), cfg.train.branch_step
-    mngr = _checkpoint_reader(parent.path)
-    try:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(s, args=ocp.args.StandardRestore(abstract))
-    finally:
-        mngr.close()
+    state = checkpoints.read_step(parent, s, state)
     run.truncate_metrics(0)  # a fresh run: drop rows of an attempt that died before its first checkpoint
     run.append_metrics([r for r in parent.read_metrics() if r.get("step", 0) <= s])
     return state, s

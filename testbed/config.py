@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from testbed.parametrization import PARAMETRIZATIONS, ROLES
+
 
 class ConfigError(ValueError):
     """A bad config value; the CLI turns it into a message and exit code 2."""
@@ -168,7 +170,7 @@ CHOICES = {
     "model.norm": ("rmsnorm", "layernorm"),
     "model.pos": ("rope", "learned"),
     "model.mlp": ("gelu", "swiglu"),
-    "param.name": ("sp", "mup", "depth_mup", "completep", "sp_perlayer"),
+    "param.name": PARAMETRIZATIONS,
     "param.sp_init": ("constant", "fan_in"),
     "optim.eps_rule": ("fixed", "scaled", "atan2"),
     "optim.wd_rule": ("none", "constant_tau", "sqrt", "timescale"),
@@ -180,7 +182,6 @@ CHOICES = {
     "optim.cooldown_shape": ("linear", "cosine", "1-sqrt"),
     "train.compute_dtype": ("float32", "bfloat16"),
 }
-ROLES = ("embedding", "hidden", "vector", "readout")
 MESH_AXES = ("data", "fsdp")  # train.mesh axis names (testbed/sharding.py)
 # How a run is laid out on devices, not what it computes: left out of run ids and of the resume check, so a run
 # saved on one mesh resumes on another.

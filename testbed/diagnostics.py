@@ -18,9 +18,8 @@ import numpy as np
 from testbed import shapes
 from testbed.config import Config, ConfigError
 from testbed.data import make_source
-from testbed.model import Transformer, init_params
-from testbed.optim import default_hparams, make_optimizer
-from testbed.schedules import from_config
+from testbed.model import Transformer, init_params, param_info
+from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step
 
 MODULES = ("embedding", "attn_logits", "attn_out", "mlp_out", "residual", "logits")
@@ -58,15 +57,14 @@ def _module_l1(intermediates) -> dict[str, jax.Array]:
 def _trace(cfg: Config, tokens_BxLp1: np.ndarray, steps: int, seeds: int) -> dict[str, np.ndarray]:
     """l1[module] of shape [seeds, steps]: activations at steps 1..S (step 1 = init) on one fixed batch."""
     params = init_params(cfg, jax.random.key(0))
-    tx = make_optimizer(cfg, params)
-    train_step = make_train_step(cfg, tx, from_config(cfg.optim, max(steps, 1)))
-    hparams = default_hparams(cfg)
+    tx = make_optimizer(cfg, param_info(params))  # the probe's constant schedule: its length does not matter
+    train_step = make_train_step(cfg, tx)
     inputs_BxL = tokens_BxLp1[:, :-1]
 
     @jax.jit
     def probe_and_step(state):
         _, inter = Transformer(cfg).apply({"params": state["params"]}, inputs_BxL, mutable=["intermediates"])
-        new_state, _ = train_step(state, tokens_BxLp1[None], hparams)
+        new_state, _ = train_step(state, tokens_BxLp1[None])
         return new_state, _module_l1(inter["intermediates"])
 
     trace: dict[str, list] = {}

@@ -1,8 +1,8 @@
 """A compact decoder-only, pre-norm transformer (Flax linen), parameterized by width and depth.
 
-Every parameter's init and forward multiplier come from testbed.parametrization via its role; `param_roles`
-maps any params tree to roles and fan-ins, which the optimizer reads. Shapes in names: B batch, L sequence,
-D d_model, H heads, K head dim, F d_ff, V vocab.
+Every parameter's init and forward multiplier come from testbed.parametrization via its ParamInfo (role, fan-in,
+inside a block); `param_info` gives that tree for any params tree, and the optimizer reads the same tree. Shapes
+in names: B batch, L sequence, D d_model, H heads, K head dim, F d_ff, V vocab.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from testbed import parametrization as P
+from testbed import parametrization
 from testbed.config import Config
 from testbed.kernels import dense_dot_general
+from testbed.parametrization import ParamInfo
 
 
 def _normal(std: float):
@@ -29,7 +30,7 @@ def _zero_first_columns(init, n: int):
 def _dense(cfg: Config, features: int, fan_in: int, name: str, role: str = "hidden",
            zero_cols: int = 0) -> nn.Dense:
     """A bias-free (by default) Dense whose init std comes from the parametrization table."""
-    scale = P.role_scale(cfg, role, fan_in, in_block=role == "hidden")
+    scale = parametrization.role_scale(cfg, ParamInfo(role, fan_in, in_block=role == "hidden"))
     init = _normal(scale.init_std)
     if zero_cols:
         init = _zero_first_columns(init, zero_cols)
@@ -54,12 +55,12 @@ class Norm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        m = self.cfg.model
-        kw = dict(epsilon=m.norm_eps, dtype=jnp.float32, param_dtype=jnp.float32)
-        if m.norm == "rmsnorm":
+        mc = self.cfg.model
+        kw = dict(epsilon=mc.norm_eps, dtype=jnp.float32, param_dtype=jnp.float32)
+        if mc.norm == "rmsnorm":
             y = nn.RMSNorm(**kw)(x)
         else:
-            y = nn.LayerNorm(use_bias=m.use_bias, **kw)(x)
+            y = nn.LayerNorm(use_bias=mc.use_bias, **kw)(x)
         return y.astype(x.dtype)
 
 
@@ -107,19 +108,19 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        m = self.cfg.model
+        mc = self.cfg.model
         B, L, D = x_BxLxD.shape
-        H, K = m.n_heads, m.resolved_head_dim
-        qkv_BxLx3HK = _dense(self.cfg, 3 * H * K, D, "qkv", zero_cols=H * K if m.zero_init_query else 0)(x_BxLxD)
+        H, K = mc.n_heads, mc.resolved_head_dim
+        qkv_BxLx3HK = _dense(self.cfg, 3 * H * K, D, "qkv", zero_cols=H * K if mc.zero_init_query else 0)(x_BxLxD)
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = jnp.split(qkv_BxLx3HK.reshape(B, L, 3 * H, K), 3, axis=2)
-        if m.qk_norm:
+        if mc.qk_norm:
             q_BxLxHxK = Norm(self.cfg, name="q_norm")(q_BxLxHxK)
             k_BxLxHxK = Norm(self.cfg, name="k_norm")(k_BxLxHxK)
-        if m.pos == "rope":
-            q_BxLxHxK = rope(q_BxLxHxK, m.rope_base)
-            k_BxLxHxK = rope(k_BxLxHxK, m.rope_base)
+        if mc.pos == "rope":
+            q_BxLxHxK = rope(q_BxLxHxK, mc.rope_base)
+            k_BxLxHxK = rope(k_BxLxHxK, mc.rope_base)
         f32 = jnp.float32
-        q_BxLxHxK = q_BxLxHxK.astype(f32) * P.attn_scale(self.cfg)
+        q_BxLxHxK = q_BxLxHxK.astype(f32) * parametrization.attn_scale(self.cfg)
         if self.is_mutable_collection("intermediates"):  # the coordinate check's attention logits
             logits_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK, k_BxLxHxK.astype(f32))
             causal_LxL = np.tril(np.ones((L, L), bool))
@@ -133,9 +134,9 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        m = self.cfg.model
-        D, F = m.d_model, m.resolved_d_ff
-        if m.mlp == "swiglu":
+        mc = self.cfg.model
+        D, F = mc.d_model, mc.resolved_d_ff
+        if mc.mlp == "swiglu":
             gate_BxLxF = _dense(self.cfg, F, D, "gate")(x_BxLxD)
             h_BxLxF = nn.silu(gate_BxLxF) * _dense(self.cfg, F, D, "up")(x_BxLxD)
         else:
@@ -148,7 +149,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        r = P.residual_mult(self.cfg)
+        r = parametrization.residual_mult(self.cfg)
         attn_BxLxD = Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_BxLxD))
         record(self, "attn_out", attn_BxLxD)
         x_BxLxD = x_BxLxD + r * attn_BxLxD
@@ -166,25 +167,25 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxL):
-        cfg, m = self.cfg, self.cfg.model
+        cfg, mc = self.cfg, self.cfg.model
         dt = compute_dtype(cfg)
-        emb = P.role_scale(cfg, "embedding")
-        embed = nn.Embed(m.vocab_size, m.d_model, embedding_init=_normal(emb.init_std), dtype=dt,
+        emb = parametrization.role_scale(cfg, ParamInfo("embedding"))
+        embed = nn.Embed(mc.vocab_size, mc.d_model, embedding_init=_normal(emb.init_std), dtype=dt,
                          param_dtype=jnp.float32, name="embed")
         x_BxLxD = embed(tokens_BxL)
-        if m.pos == "learned":
-            pos_LxD = self.param("pos_embed", _normal(emb.init_std), (cfg.data.seq_len, m.d_model))
+        if mc.pos == "learned":
+            pos_LxD = self.param("pos_embed", _normal(emb.init_std), (cfg.data.seq_len, mc.d_model))
             x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dt)
         x_BxLxD = x_BxLxD * emb.forward_mult
         record(self, "embedding", x_BxLxD)
-        for i in range(m.n_layers):
+        for i in range(mc.n_layers):
             x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
         x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
-        if m.tie_embeddings:
-            logits_BxLxV = embed.attend(x_BxLxD * P.role_scale(cfg, "readout").forward_mult)
+        if mc.tie_embeddings:
+            logits_BxLxV = embed.attend(x_BxLxD * parametrization.role_scale(cfg, ParamInfo("readout")).forward_mult)
         else:
-            readout = P.role_scale(cfg, "readout", m.d_model)
-            logits_BxLxV = _dense(cfg, m.vocab_size, m.d_model, "readout", "readout")(x_BxLxD)
+            readout = parametrization.role_scale(cfg, ParamInfo("readout", mc.d_model))
+            logits_BxLxV = _dense(cfg, mc.vocab_size, mc.d_model, "readout", "readout")(x_BxLxD)
             logits_BxLxV = logits_BxLxV * readout.forward_mult
         record(self, "logits", logits_BxLxV)
         return logits_BxLxV.astype(jnp.float32)
@@ -199,23 +200,16 @@ def role_of(path: tuple[str, ...]) -> str:
     return "hidden" if path[-1] == "kernel" else "vector"
 
 
-def param_roles(params) -> dict:
-    """A tree like `params` holding each leaf's role."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: role_of(tuple(k.key for k in p)), params)
+def param_info(params) -> dict:
+    """A tree like `params` holding each leaf's ParamInfo: role, fan-in (kernel.shape[0] for matrices, else 1)
+    and whether it sits inside a residual block (depth rules scale those)."""
+    def info(path, leaf) -> ParamInfo:
+        keys = tuple(k.key for k in path)
+        role = role_of(keys)
+        fan_in = int(leaf.shape[0]) if role in ("hidden", "readout") else 1
+        return ParamInfo(role, fan_in, str(keys[0]).startswith("block_"))
 
-
-def param_in_block(params) -> dict:
-    """A tree like `params`: True for parameters inside a residual block (depth rules scale them)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: str(p[0].key).startswith("block_"), params)
-
-
-def param_fan_ins(params) -> dict:
-    """A tree like `params` holding each leaf's fan-in (kernel.shape[0] for matrices, 1 otherwise)."""
-    def fan_in(path, leaf):
-        role = role_of(tuple(k.key for k in path))
-        return int(leaf.shape[0]) if role in ("hidden", "readout") else 1
-
-    return jax.tree_util.tree_map_with_path(fan_in, params)
+    return jax.tree_util.tree_map_with_path(info, params)
 
 
 def init_params(cfg: Config, rng: jax.Array):

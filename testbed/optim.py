@@ -1,10 +1,12 @@
-"""The optax AdamW chain, built per parameter group from the parametrization table.
+"""The optimizer owns the learning rate: one optax chain built from the parametrization table and the schedule.
 
-Parameters are grouped by (role, fan-in, inside a block or not); each group reads its LR, weight-decay and eps
+`make_optimizer(cfg, info)` is the only place an LR is computed. Parameters are grouped by their ParamInfo
+(testbed.model.param_info: role, fan-in, inside a block or not); each group reads its LR, weight-decay and eps
 multipliers from testbed.parametrization, so SP, muP, CompleteP and the weight-decay rules differ only in the
-table. The peak LR and weight decay are injected hyperparameters (`optax.inject_hyperparams`): the train step
-sets them from its `hparams` argument each step, which keeps the step a pure function that can be vmapped
-over hyperparameters.
+table. The chain is clip -> per group (Adam -> decoupled decay -> -lr_t * lr_mult), where lr_t = peak LR x the
+schedule's factor at the chain's own step count. The peak LR and weight decay are injected once, at init, as
+hyperparameters (`optax.inject_hyperparams`): they live in the optimizer state, so the train step is a pure
+function of (params, optimizer state, batch) and a pack of runs vmaps over them with the state (`init`).
 
 Weight decay conventions (REFERENCE.md section 2):
   coupled      theta <- theta - eta_t * (u + lambda * theta)      (optax.adamw / PyTorch AdamW)
@@ -18,21 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from testbed import parametrization as P
+from testbed import parametrization, schedules
 from testbed.config import Config
-from testbed.model import param_fan_ins, param_in_block, param_roles
+from testbed.parametrization import ParamInfo
 
-
-def group_labels(params) -> dict:
-    """A tree of 'role:fan_in[:block]' labels, the unit at which the table can differ."""
-    return jax.tree.map(lambda r, f, b: f"{r}:{f}" + (":block" if b and r == "vector" else ""),
-                        param_roles(params), param_fan_ins(params), param_in_block(params))
-
-
-def group_scale(cfg: Config, label: str) -> P.RoleScale:
-    """The table's row for a group label."""
-    role, fan_in, *block = label.split(":")
-    return P.role_scale(cfg, role, int(fan_in), in_block=role == "hidden" or bool(block))
+HYPERPARAMS = ("peak_lr", "weight_decay")  # per-run values a pack's members may differ in (testbed.vmappable)
 
 
 def coupled_decay(cfg: Config, weight_decay, peak_lr):
@@ -82,20 +74,28 @@ def decays(cfg: Config) -> bool:
     return cfg.optim.weight_decay > 0 or cfg.optim.wd_rule == "timescale"
 
 
-def make_optimizer(cfg: Config, params) -> optax.GradientTransformation:
-    """clip -> per-group (Adam -> decoupled decay -> -lr * lr_mult), with lr and wd injected."""
-    o = cfg.optim
-    labels = group_labels(params)
-    label_set = sorted(set(jax.tree.leaves(labels)))
+def _group_scales(cfg: Config, info) -> dict[str, parametrization.RoleScale]:
+    """The table's row for every group of the ParamInfo tree, by group label."""
+    leaves: list[ParamInfo] = jax.tree.leaves(info)
+    return {i.group: parametrization.role_scale(cfg, i) for i in sorted(leaves, key=lambda i: i.group)}
 
-    def adamw_by_group(learning_rate, weight_decay):
+
+def make_optimizer(cfg: Config, info) -> optax.GradientTransformation:
+    """clip -> per group (Adam -> decoupled decay -> -peak_lr * schedule(count) * lr_mult); `info` is
+    testbed.model.param_info(params). Its state carries the peak LR and weight decay (see `init`)."""
+    o = cfg.optim
+    labels = jax.tree.map(lambda i: i.group, info)
+    scales = _group_scales(cfg, info)
+
+    def adamw_by_group(peak_lr, weight_decay, lr_factor):
+        lr_t = peak_lr * lr_factor
+        lam = coupled_decay(cfg, weight_decay, peak_lr)
         groups = {}
-        for label in label_set:
-            s = group_scale(cfg, label)
+        for label, s in scales.items():
             parts = [_scale_by_adam(cfg, s.eps_mult)]
             if s.wd_mult and decays(cfg):
-                parts.append(optax.add_decayed_weights(weight_decay * s.wd_mult))
-            parts.append(optax.scale_by_learning_rate(learning_rate * s.lr_mult))
+                parts.append(optax.add_decayed_weights(lam * s.wd_mult))
+            parts.append(optax.scale_by_learning_rate(lr_t * s.lr_mult))
             groups[label] = optax.chain(*parts)
         tx = optax.partition(groups, labels)
         if o.grad_clip is not None:
@@ -103,34 +103,37 @@ def make_optimizer(cfg: Config, params) -> optax.GradientTransformation:
         return tx
 
     return optax.inject_hyperparams(adamw_by_group)(
-        learning_rate=jnp.float32(o.lr), weight_decay=jnp.float32(coupled_decay(cfg, o.weight_decay, o.lr)))
+        **hyperparams(cfg), lr_factor=schedules.from_config(o, cfg.total_steps))
 
 
-def inject(cfg: Config, opt_state, lr_t, hparams: dict):
-    """Sets this step's LR (peak * schedule) and the coupled decay realising hparams' weight decay."""
-    wd = coupled_decay(cfg, hparams["weight_decay"], hparams["lr"])
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr_t, "weight_decay": wd})
+def hyperparams(cfg: Config) -> dict:
+    """The run's injected hyperparameters: peak LR and weight decay (in the configured convention)."""
+    return {"peak_lr": jnp.float32(cfg.optim.lr), "weight_decay": jnp.float32(cfg.optim.weight_decay)}
 
 
-def default_hparams(cfg: Config) -> dict:
-    """The vmappable hyperparameters the train step takes as an argument (peak LR, weight decay)."""
-    return {"lr": jnp.float32(cfg.optim.lr), "weight_decay": jnp.float32(cfg.optim.weight_decay)}
+def init(tx: optax.GradientTransformation, params, cfg: Config):
+    """tx's state for `params`, carrying cfg's peak LR and weight decay: the members of a pack share one tx (one
+    traced chain) and differ only in these values of their states."""
+    opt_state = tx.init(params)
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyperparams(cfg)})
 
 
-def group_table(cfg: Config, params) -> dict:
-    """Per group: effective peak LR, coupled lambda, eps and tau_iter = 1 / (eta_g * lambda_g) in steps.
+def applied_lr(opt_state):
+    """The base LR (before group multipliers) the last update applied: peak LR x the schedule's factor."""
+    hp = opt_state.hyperparams
+    return hp["peak_lr"] * hp["lr_factor"]
 
-    What a researcher checks a transfer rule against; written to summary.json and printed by `testbed info`.
-    """
+
+def group_table(cfg: Config, info, params) -> dict:
+    """Per group: parameter count, effective peak LR, coupled lambda, eps, init std and tau_iter = 1 / (eta_g *
+    lambda_g) in steps. What a researcher checks a transfer rule against; in summary.json and `testbed info`."""
     o = cfg.optim
     lam = float(coupled_decay(cfg, o.weight_decay, o.lr)) if decays(cfg) else 0.0
-    labels = group_labels(params)
     counts: dict[str, int] = {}
-    for label, leaf in zip(jax.tree.leaves(labels), jax.tree.leaves(params), strict=True):
-        counts[label] = counts.get(label, 0) + int(leaf.size)
+    for i, leaf in zip(jax.tree.leaves(info), jax.tree.leaves(params), strict=True):
+        counts[i.group] = counts.get(i.group, 0) + int(leaf.size)
     table = {}
-    for label in sorted(counts):
-        s = group_scale(cfg, label)
+    for label, s in _group_scales(cfg, info).items():
         lr_g, lam_g = o.lr * s.lr_mult, lam * s.wd_mult
         table[label] = {
             "params": counts[label], "lr": lr_g, "weight_decay": lam_g,

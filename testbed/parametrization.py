@@ -10,11 +10,14 @@ base_depth; alpha = residual-branch exponent (0 for sp/mup, 0.5 depth_mup, 1 com
 Every entry is SP's value times width/depth factors that are exactly 1.0 at m = m_L = 1, so all
 parametrizations coincide bitwise with SP at the base shape (tests/test_parametrization.py checks it).
 
-Roles:
+Roles (the model tags every parameter with a ParamInfo: role, fan-in, inside a block or not):
   embedding  token / position lookup tables (fan-in 1)
   hidden     matrices inside blocks (QKV, attention out, MLP in/gate/out); fan-in = kernel.shape[0]
   vector     norm gains and biases (`in_block`: inside a residual block, which depth rules treat apart)
   readout    the untied output matrix (a tied readout shares the embedding and its role)
+
+This module is the one list of parametrization names and roles (testbed.config validates against them), so it
+imports nothing from the rest of the package: `cfg` below is a testbed.config.Config.
 """
 
 from __future__ import annotations
@@ -22,12 +25,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from testbed.config import ROLES, Config
-
-PARAMETRIZATIONS = ("sp", "mup", "depth_mup", "completep", "sp_perlayer")
-DEPTH_ALPHA = {"sp": 0.0, "sp_perlayer": 0.0, "mup": 0.0, "depth_mup": 0.5, "completep": 1.0}
+# name -> residual-branch exponent alpha; the names `param.name` accepts
+DEPTH_ALPHA = {"sp": 0.0, "mup": 0.0, "depth_mup": 0.5, "completep": 1.0, "sp_perlayer": 0.0}
+PARAMETRIZATIONS = tuple(DEPTH_ALPHA)
 MUP_FAMILY = ("mup", "depth_mup", "completep")
 DEPTH_RULES = ("depth_mup", "completep")
+ROLES = ("embedding", "hidden", "vector", "readout")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What the table needs to know about one parameter; the model gives one per leaf (testbed.model.param_info).
+
+    A frozen dataclass, so a tree of them keeps one leaf per parameter (jax does not descend into it).
+    """
+
+    role: str
+    fan_in: int = 1
+    in_block: bool = False
+
+    @property
+    def group(self) -> str:
+        """'role:fan_in[:block]': the unit at which the table can differ (optax.partition's label, summary key)."""
+        return f"{self.role}:{self.fan_in}" + (":block" if self.in_block and self.role == "vector" else "")
 
 
 @dataclass(frozen=True)
@@ -41,19 +61,19 @@ class RoleScale:
     eps_mult: float  # multiplier of Adam's eps (1 unless optim.eps_rule = scaled)
 
 
-def width_mult(cfg: Config) -> float:
+def width_mult(cfg) -> float:
     return cfg.model.d_model / cfg.param.base_width
 
 
-def depth_mult(cfg: Config) -> float:
+def depth_mult(cfg) -> float:
     return cfg.model.n_layers / cfg.param.base_depth
 
 
-def depth_alpha(cfg: Config) -> float:
+def depth_alpha(cfg) -> float:
     return DEPTH_ALPHA[cfg.param.name]
 
 
-def _width_lr(cfg: Config, role: str, in_block: bool) -> float:
+def _width_lr(cfg, role: str, in_block: bool) -> float:
     """The parametrization's own LR factor (before user multipliers): 1 at m = m_L = 1."""
     p, m = cfg.param, width_mult(cfg)
     if p.name == "sp":
@@ -69,7 +89,7 @@ def _width_lr(cfg: Config, role: str, in_block: bool) -> float:
     return 1.0
 
 
-def _eps_factor(cfg: Config, role: str, in_block: bool) -> float:
+def _eps_factor(cfg, role: str, in_block: bool) -> float:
     """CompleteP's eps rule: eps / m_in for hidden matrices, times m_L^-alpha for residual-block params."""
     if cfg.optim.eps_rule != "scaled" or cfg.param.name not in MUP_FAMILY:
         return 1.0
@@ -81,7 +101,7 @@ def _eps_factor(cfg: Config, role: str, in_block: bool) -> float:
     return 1.0
 
 
-def _wd_rule_factor(cfg: Config, role: str, in_block: bool, lr_total: float) -> float:
+def _wd_rule_factor(cfg, role: str, in_block: bool, lr_total: float) -> float:
     """optim.wd_rule (REFERENCE.md section 2) as a multiplier of the coupled lambda of one group.
 
     constant_tau: eta_g * lambda_g constant across width/depth (lambda * m_in for muP hidden matrices).
@@ -99,8 +119,9 @@ def _wd_rule_factor(cfg: Config, role: str, in_block: bool, lr_total: float) -> 
     return 1.0
 
 
-def role_scale(cfg: Config, role: str, fan_in: int = 1, in_block: bool = False) -> RoleScale:
+def role_scale(cfg, info: ParamInfo) -> RoleScale:
     """The table. SP is every factor at 1; the muP family and sp_perlayer multiply in their factors."""
+    role, in_block = info.role, info.in_block or info.role == "hidden"  # hidden matrices live in blocks
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
     md, o, p = cfg.model, cfg.optim, cfg.param
@@ -125,7 +146,7 @@ def role_scale(cfg: Config, role: str, fan_in: int = 1, in_block: bool = False) 
     return RoleScale(std, p.alpha_out / m if mup else p.alpha_out, lr_total, wd, eps)
 
 
-def attn_scale(cfg: Config) -> float:
+def attn_scale(cfg) -> float:
     """Multiplier of q.k: alpha_attn / sqrt(d_head) in SP; muP's alpha_attn * sqrt(d_base) / d_head.
 
     Written as SP's value times sqrt(K_base / K), which is exactly 1.0 at the base head size.
@@ -138,12 +159,12 @@ def attn_scale(cfg: Config) -> float:
     return sp * math.sqrt(K_base / K)
 
 
-def residual_mult(cfg: Config) -> float:
+def residual_mult(cfg) -> float:
     """Multiplier of each residual branch: m_L^-alpha (1 for sp/mup)."""
     return depth_mult(cfg) ** -depth_alpha(cfg)
 
 
-def describe(cfg: Config) -> dict:
+def describe(cfg) -> dict:
     """The table's scalars for this config, for run directories and `testbed info`."""
     return {"name": cfg.param.name, "width_mult": width_mult(cfg), "depth_mult": depth_mult(cfg),
             "depth_alpha": depth_alpha(cfg), "attn_scale": attn_scale(cfg), "residual_mult": residual_mult(cfg)}

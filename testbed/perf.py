@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from testbed import schedules, shapes
+from testbed import shapes
 from testbed.config import Config
-from testbed.model import compute_dtype, init_params
-from testbed.optim import default_hparams, make_optimizer
+from testbed.model import compute_dtype, init_params, param_info
+from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step
 
 
@@ -47,22 +47,21 @@ def bench_train_step(cfg: Config, steps: int = 10) -> dict:
     """Times the compiled train step on random tokens (excluding compile) and reports MFU."""
     acc = shapes.count(cfg)
     params = init_params(cfg, jax.random.key(cfg.seed))
-    tx = make_optimizer(cfg, params)
-    step_fn = make_train_step(cfg, tx, schedules.from_config(cfg.optim, max(cfg.total_steps, steps + 2)))
+    tx = make_optimizer(cfg, param_info(params))
+    step_fn = make_train_step(cfg, tx)
     state = init_state(cfg, tx, params)
     A, B, L = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len
     rng = np.random.default_rng(cfg.seed)
     batch = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (A, B, L + 1), dtype=np.int32))
-    hp = default_hparams(cfg)
     t0 = time.perf_counter()
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, hp).compile()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    state, m = compiled(state, batch, hp)  # first call: allocation / warm-up
+    state, m = compiled(state, batch)  # first call: allocation / warm-up
     jax.block_until_ready(m)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, m = compiled(state, batch, hp)
+        state, m = compiled(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))

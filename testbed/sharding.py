@@ -23,8 +23,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from testbed.config import MESH_AXES, Config, ConfigError
 
@@ -89,13 +88,13 @@ def make_mesh(cfg: Config) -> Mesh | None:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+def param_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
     """FSDP: split the largest dimension that `fsdp` divides (the first on ties); vectors and the rest replicate."""
     dims = [d for d in range(len(shape)) if shape[d] % fsdp == 0] if fsdp > 1 and len(shape) >= 2 else []
     if not dims:
-        return P()
+        return PartitionSpec()
     split = max(dims, key=lambda d: shape[d])
-    return P(*("fsdp" if d == split else None for d in range(len(shape))))
+    return PartitionSpec(*("fsdp" if d == split else None for d in range(len(shape))))
 
 
 def to_global(x, sharding: NamedSharding) -> jax.Array:
@@ -111,7 +110,7 @@ class Placement:
         self.mesh = mesh
         self.fsdp = mesh.shape["fsdp"]
         self.ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
-        self.replicated = NamedSharding(mesh, P())
+        self.replicated = NamedSharding(mesh, PartitionSpec())
         self._any = jax.jit(jnp.any, out_shardings=self.replicated)
 
     def describe(self) -> dict:
@@ -130,7 +129,7 @@ class Placement:
         """Rows of `axis` split over data x fsdp; replicated when they do not divide (a small eval set)."""
         if shape[axis] % self.ways:
             return self.replicated
-        return NamedSharding(self.mesh, P(*(BATCH_AXES if d == axis else None for d in range(len(shape)))))
+        return NamedSharding(self.mesh, PartitionSpec(*(BATCH_AXES if d == axis else None for d in range(len(shape)))))
 
     def batch(self, x, axis: int) -> jax.Array:
         return to_global(x, self.batch_sharding(np.shape(x), axis))
@@ -139,14 +138,13 @@ class Placement:
         """The pure step jitted with the state's shardings in and out (so donation keeps the layout)."""
         s = self.state_shardings(state)
         b = self.batch_sharding(batch_shape, axis=1)
-        return jax.jit(step, donate_argnums=0, in_shardings=(s, b, self.replicated),
-                       out_shardings=(s, self.replicated))
+        return jax.jit(step, donate_argnums=0, in_shardings=(s, b), out_shardings=(s, self.replicated))
 
     def vote(self, flag: bool) -> jax.Array:
         """Any process's flag, as a replicated device scalar: read with the step's metrics, so every process
         agrees on the step to stop at without an extra host sync."""
         flags = np.full((self.mesh.size,), flag)
-        return self._any(to_global(flags, NamedSharding(self.mesh, P(BATCH_AXES))))
+        return self._any(to_global(flags, NamedSharding(self.mesh, PartitionSpec(BATCH_AXES))))
 
 
 def placement(cfg: Config) -> Placement | None:

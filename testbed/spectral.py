@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from testbed.config import Config
-from testbed.model import param_roles
+from testbed.model import param_info
 
 
 def by_name(tree) -> dict:
@@ -23,8 +23,8 @@ def by_name(tree) -> dict:
 
 def matrix_paths(params) -> list[str]:
     """Names of every 2-D matrix (hidden, readout and embedding tables); norm gains and biases are vectors."""
-    roles = by_name(param_roles(params))
-    return [n for n, leaf in by_name(params).items() if leaf.ndim == 2 and roles[n] != "vector"]
+    info = by_name(param_info(params))
+    return [n for n, leaf in by_name(params).items() if leaf.ndim == 2 and info[n].role != "vector"]
 
 
 def power_iteration(iters: int):

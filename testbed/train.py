@@ -1,15 +1,15 @@
-"""The pure train step, eval, and the loop that drives them and writes the run directory.
+"""The pure train step, eval, and `train`: one run through testbed.loop on one device or a device mesh.
 
-`make_train_step` returns a pure function (state, batch, hparams) -> (state, metrics): no Python state,
-no host I/O, hyperparameters as arrays, so it can be jitted with donated buffers, vmapped over
-hyperparameters and sharded over a mesh. The loop around it reads step t-1's metrics while step t runs.
+`make_train_step` returns a pure function (state, batch) -> (state, metrics) of the params, the optimizer state
+(which carries the injected peak LR and weight decay: testbed.optim) and the batch: no Python state, no host
+I/O, so it can be jitted with donated buffers, vmapped over runs and hyperparameters (testbed.pack) and sharded
+over a mesh (testbed.sharding). The loop that drives it and writes the run directory is testbed.loop.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,15 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import branch, faults, parametrization, schedules, shapes, sharding, spectral
-from testbed.config import Config, ConfigError
-from testbed.data import Source, make_source
-from testbed.model import Transformer, init_params
-from testbed.optim import default_hparams, group_labels, group_table, inject, make_optimizer
-from testbed.preempt import StopRequest
-from testbed.runstore import STORAGE_MESSAGES, RunDir, RunDirError, StorageError, storage_error
+from testbed import faults, optim, sharding, spectral
+from testbed.config import Config
+from testbed.data import Source
+from testbed.loop import Member, make_member, train_members
+from testbed.model import Transformer, init_params, param_info
+from testbed.runstore import RunDir
 
-TrainState = dict  # {"params": tree, "opt_state": optax state, "step": int32 scalar}
+TrainState = dict  # {"params": tree, "opt_state": optax state (with the hyperparameters), "step": int32 scalar}
 
 
 def token_nll(params, tokens_BxLp1, cfg: Config):
@@ -46,11 +45,11 @@ def loss_fn(params, tokens_BxLp1, cfg: Config):
     return loss, ce
 
 
-def make_train_step(cfg: Config, tx: optax.GradientTransformation, schedule: schedules.Schedule) -> Callable:
-    """The pure step. batch: int32 [grad_accum, micro_batch, seq_len + 1]."""
+def make_train_step(cfg: Config, tx: optax.GradientTransformation) -> Callable:
+    """The pure step. batch: int32 [grad_accum, micro_batch, seq_len + 1]; tx from testbed.optim.make_optimizer."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, batch_AxBxLp1, hparams: dict):
+    def train_step(state: TrainState, batch_AxBxLp1):
         params = state["params"]
         if batch_AxBxLp1.shape[0] == 1:
             (loss, ce), grads = grad_fn(params, batch_AxBxLp1[0], cfg)
@@ -63,13 +62,12 @@ def make_train_step(cfg: Config, tx: optax.GradientTransformation, schedule: sch
             (loss, ce, grads), _ = jax.lax.scan(micro, zeros, batch_AxBxLp1)
             n = batch_AxBxLp1.shape[0]
             loss, ce, grads = loss / n, ce / n, jax.tree.map(lambda g: g / n, grads)
-        lr = hparams["lr"] * schedule(state["step"])
-        opt_state = inject(cfg, state["opt_state"], lr, hparams)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         param_norm = optax.tree.norm(new_params)
         metrics = {
-            "train_loss": ce, "loss_with_zloss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads),
+            "train_loss": ce, "loss_with_zloss": loss, "lr": optim.applied_lr(opt_state),
+            "grad_norm": optax.tree.norm(grads),
             "param_norm": param_norm, "update_ratio": optax.tree.norm(updates) / param_norm,
         }
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
@@ -87,10 +85,10 @@ def make_eval_step(cfg: Config) -> Callable:
 
 
 def init_state(cfg: Config, tx: optax.GradientTransformation, params=None) -> TrainState:
-    """Fresh state; pass `params` when they were already initialized (e.g. to build `tx`)."""
+    """Fresh state carrying cfg's peak LR and weight decay; pass `params` when they were already initialized."""
     if params is None:
         params = init_params(cfg, jax.random.key(cfg.seed))
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    return {"params": params, "opt_state": optim.init(tx, params, cfg), "step": jnp.int32(0)}
 
 
 class Evaluator:
@@ -121,79 +119,6 @@ class Evaluator:
         return out
 
 
-def _checkpoint_manager(run: RunDir, cfg: Config):
-    import orbax.checkpoint as ocp
-
-    keep = cfg.train.checkpoint_steps  # e.g. a WSD parent's branch points: never deleted
-    policy = ocp.checkpoint_managers
-    opts = ocp.CheckpointManagerOptions(
-        max_to_keep=None if keep else cfg.train.keep_checkpoints, create=True,
-        preservation_policy=policy.AnyPreservationPolicy([policy.LatestN(cfg.train.keep_checkpoints),
-                                                          policy.CustomSteps(keep)]) if keep else None,
-        cleanup_tmp_directories=True)  # drop half-written saves of a killed run
-    return ocp.CheckpointManager(run.checkpoint_dir.absolute(), options=opts)
-
-
-def _restore(run: RunDir, cfg: Config, state: TrainState, log: Callable[[str], None]):
-    """(checkpoint manager, state, step) from the newest checkpoint that restores. A newer one that cannot be read
-    (truncated, corrupted) is moved to checkpoints_unreadable/ with a warning, so the run resumes from the one
-    before it and saves that step again. When none restores, nothing is moved: the error lists the steps and
-    how to start over."""
-    import orbax.checkpoint as ocp
-
-    mngr = _checkpoint_manager(run, cfg)
-    steps = sorted(mngr.all_steps(), reverse=True)
-    if not steps:
-        return mngr, state, 0
-    faults.point("restore")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    bad: list[tuple[int, str]] = []
-    for step in steps:
-        try:
-            restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # orbax/tensorstore raise ValueError, OSError, KeyError, ... for a broken step
-            first = str(e).splitlines()[0][:300] if str(e) else ""
-            bad.append((int(step), f"{type(e).__name__}: {first}"))
-            _quiet_closed_loop_callbacks()
-            mngr.close()
-            mngr = _checkpoint_manager(run, cfg)  # a failed restore can leave the manager's handlers confused
-            continue
-        if bad:
-            if sharding.is_primary():
-                aside = run.path / "checkpoints_unreadable"
-                aside.mkdir(exist_ok=True)
-                for s, why in bad:
-                    dest = aside / f"{s}.{time.strftime('%Y%m%d-%H%M%S')}"
-                    (run.checkpoint_dir / str(s)).rename(dest)
-                    log(f"WARNING: {run.checkpoint_dir / str(s)}: checkpoint cannot be restored ({why}); moved to "
-                        f"{dest}; resuming from the previous checkpoint (step {step})")
-            mngr.close()
-            mngr = _checkpoint_manager(run, cfg)  # sees the steps as they now are, so step s+... are saved again
-        return mngr, restored, int(step)
-    listing = "; ".join(f"step {s}: {why}" for s, why in bad)
-    raise RunDirError(f"{run.checkpoint_dir}: no checkpoint can be restored ({listing}); move the checkpoints "
-                      "directory aside to start the run from step 0, or restore it from a backup")
-
-
-def _quiet_closed_loop_callbacks() -> None:
-    """After a failed orbax restore or save, tensorstore's pending callbacks hit a closed asyncio loop and Python
-    prints one 'Event loop is closed' traceback per callback: that noise alone is dropped (other unraisables are
-    not). Installed once per process."""
-    import sys
-
-    previous = sys.unraisablehook
-    if getattr(previous, "_testbed_quiet", False):
-        return
-
-    def hook(u) -> None:
-        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
-            return
-        previous(u)
-
-    hook._testbed_quiet = True
-    sys.unraisablehook = hook
-
-
 class _Follower(RunDir):
     """A non-zero process of a multi-host run: reads the run directory; process 0 alone writes it."""
 
@@ -210,6 +135,58 @@ class _Follower(RunDir):
         pass
 
 
+class SingleProgram:
+    """testbed.loop's device side for one run: the jitted step on one device, or sharded over a device mesh
+    (testbed.sharding) spanning one or several processes, which then vote on the step to stop at."""
+
+    def __init__(self, member: Member, tx: optax.GradientTransformation, place: sharding.Placement | None,
+                 start: int):
+        cfg, self.place, self.source = member.cfg, place, member.source
+        self.cfg, self.state = cfg, member.state
+        self.shape = (cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len + 1)
+        self.voting = place is not None and jax.process_count() > 1  # processes must agree on the step to stop at
+        params = self.state["params"]
+        self.info = param_info(params)
+        self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        t0 = time.perf_counter()
+        pure_step = make_train_step(cfg, tx)
+        jitted = (jax.jit(pure_step, donate_argnums=0) if place is None
+                  else place.jit_step(pure_step, self.state, self.shape))
+        faults.point("compile")
+        self.step_fn = jitted.lower(self.state, self.batch_at(start)).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.evaluator = Evaluator(cfg, member.source, place)
+        sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
+        self.sv = spectral.SingularValues(params) if sigma_every else None
+        if self.sv is not None and place is not None:
+            self.sv.vecs = place.put(self.sv.vecs)
+
+    def batch_at(self, step: int):
+        batch_AxBxLp1 = self.source.train_batch(step, self.cfg.train.batch_size).reshape(self.shape)
+        return batch_AxBxLp1 if self.place is None else self.place.batch(batch_AxBxLp1, axis=1)
+
+    def step(self, batch, stop: bool):
+        self.state, metrics = self.step_fn(self.state, batch)
+        return {**metrics, "stop_vote": self.place.vote(stop)} if self.voting else metrics
+
+    def dispatch_eval(self):
+        return self.evaluator.dispatch(self.state["params"])
+
+    def dispatch_sigma(self):
+        return self.sv.dispatch(self.state["params"]) if self.sv is not None else None
+
+    def host_rows(self, metrics, ev, sig) -> list[dict]:
+        return [{"metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
+                 "eval": self.evaluator.finish(ev) if ev is not None else None,
+                 "sigma_max": self.sv.finish(sig) if sig is not None else None}]
+
+    def member_state(self, k: int):
+        return self.state
+
+    def describe(self) -> dict:
+        return self.place.describe() if self.place is not None else {}
+
+
 def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
           should_stop: Callable[[], bool] | None = None) -> dict:
     """Trains (or resumes) the run in `out`; returns its summary. Idempotent on a completed run.
@@ -219,258 +196,17 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
     """
     sharding.initialize(cfg)  # multi-host: before any device is touched
     primary = sharding.is_primary()
-    run = RunDir(out) if primary else _Follower(out)
     if not primary:
         progress, log = False, lambda _: None
-    source = make_source(cfg.data, cfg.model.vocab_size, cfg.seed)  # may raise ConfigError: nothing written
-    if source.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
-                          f"({source.vocab_size}); set model.vocab_size >= {source.vocab_size}")
-    try:
-        run.check_or_write_config(cfg)
-    except OSError as e:
-        if storage_error(e):
-            raise _storage(run, e) from e
-        raise
-    done = run.read_summary()
-    if done is not None and done.get("status") in ("completed", "diverged"):
-        log(f"{run.path}: already {done['status']} at step {done['steps']}; nothing to do")
-        return done
-    if primary:
-        run.remove_stale_temps()
-    managers: list = []  # the loop's checkpoint manager, settled here if the loop raises
-    try:
-        try:
-            with StopRequest(also=should_stop) as stop:
-                return _train_loop(cfg, run, source, progress, log, stop, managers)
-        finally:
-            _settle(managers)
-    except KeyboardInterrupt:
-        raise
-    except RunDirError:
-        raise  # no summary: nothing about the run itself failed (unreadable checkpoints, a full disk)
-    except Exception as e:
-        if storage_error(e):  # no summary: the run is incomplete and resumes once there is space
-            raise _storage(run, e) from e
-        run.write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}",
-                           "traceback": traceback.format_exc()})
-        raise
-
-
-def _settle(managers: list) -> None:
-    """After the loop raised: let an in-flight asynchronous checkpoint commit (or fail cleanly) before the process
-    exits, instead of being cut off at interpreter shutdown; its own error, if any, is not the one to report."""
-    for mngr in managers:
-        try:
-            mngr.wait_until_finished()
-        except Exception:
-            pass
-        try:
-            mngr.close()
-        except Exception:
-            pass
-    managers.clear()
-
-
-def _storage(run: RunDir, e: BaseException) -> StorageError:
-    """The one-line error for a full or failing disk: what happened, and that the same command resumes. orbax's
-    background writers fail the same way; their leftover futures' errors are not repeated at exit."""
-    import logging
-
-    _quiet_closed_loop_callbacks()
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved" at exit
-    why = e.strerror if isinstance(e, OSError) and e.strerror else next(
-        (m for m in STORAGE_MESSAGES if m in str(e)), "storage error")
-    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    return StorageError(f"--out {run.path}: {why} while writing the run directory ({first}); free disk space there "
-                        "(or pass an --out on another disk) and run the same command again: it resumes from the last "
-                        "checkpoint (no summary was written: the run is not counted as finished)")
-
-
-def _train_loop(cfg: Config, run: RunDir, source: Source, progress: bool, log, stop: StopRequest,
-                managers: list) -> dict:
-    acc = shapes.count(cfg)
-    total = cfg.total_steps
-    tokens_per_step = cfg.tokens_per_step
-    params = init_params(cfg, jax.random.key(cfg.seed))
-    tx = make_optimizer(cfg, params)
-    schedule = schedules.from_config(cfg.optim, total)
-    hparams = default_hparams(cfg)
+    member = make_member(cfg, out, run=None if primary else _Follower(out))  # may raise ConfigError: nothing written
     place = sharding.placement(cfg)  # None: one device, no shardings (the plain path)
-    state = init_state(cfg, tx, params)
-    if place is not None:  # restore reads the target shardings from the placed state: any mesh -> this mesh
-        state, hparams = place.put(state, place.state_shardings(state)), place.put(hparams)
-    _quiet_closed_loop_callbacks()  # a failing orbax write or read would print one traceback per pending callback
-    mngr, state, start = _restore(run, cfg, state, log)
-    managers.append(mngr)
-    resumed = start
-    if start == 0 and cfg.train.branch_from is not None:  # fresh branch: the parent's state and rows up to s
-        state, start = branch.restore(cfg, run, state)
-        log(f"branching {run.path} from {branch.parent_dir(cfg, run.path)} at step {start}")
-    rows = run.truncate_metrics(start)
-    wall0 = rows[-1]["wall_s"] if rows else 0.0
-    if resumed:
-        log(f"resuming {run.path} from step {start}")
+    params = init_params(cfg, jax.random.key(cfg.seed))
+    tx = optim.make_optimizer(cfg, param_info(params))
 
-    A, micro = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum
-    L = cfg.data.seq_len
+    def fresh_state(m: Member) -> TrainState:
+        state = init_state(cfg, tx, params)  # restore reads the target shardings from the placed state
+        return state if place is None else place.put(state, place.state_shardings(state))
 
-    def batch_at(step: int) -> np.ndarray | jax.Array:
-        batch_AxBxLp1 = source.train_batch(step, cfg.train.batch_size).reshape(A, micro, L + 1)
-        return batch_AxBxLp1 if place is None else place.batch(batch_AxBxLp1, axis=1)
-
-    t0 = time.perf_counter()
-    pure_step = make_train_step(cfg, tx, schedule)
-    jitted = (jax.jit(pure_step, donate_argnums=0) if place is None
-              else place.jit_step(pure_step, state, (A, micro, L + 1)))
-    faults.point("compile")
-    step_fn = jitted.lower(state, batch_at(start), hparams).compile()
-    compile_s = time.perf_counter() - t0
-    evaluator = Evaluator(cfg, source, place)
-    entropy = evaluator.eval.entropy
-    sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
-    sv = spectral.SingularValues(params) if sigma_every else None
-    if sv is not None and place is not None:
-        sv.vecs = place.put(sv.vecs)
-    voting = place is not None and jax.process_count() > 1  # processes must agree on the step they stop at
-
-    import orbax.checkpoint as ocp
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, leave=True)
-
-    status = "completed"
-    t_start = time.perf_counter()
-    t_prev, tok_prev = t_start, start * tokens_per_step
-    stopping = False  # set from the signal flag (one process) or from the processes' vote (several)
-
-    def finish(step: int, metrics, ev, sig) -> dict:
-        """Turns step's device metrics (and eval) into a logged row; blocks until they are ready."""
-        nonlocal t_prev, tok_prev, stopping
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        stopping = stopping or bool(m.pop("stop_vote", 0.0))
-        now = time.perf_counter()
-        tokens = step * tokens_per_step
-        row = {"step": step, "tokens": tokens, "flops": tokens * acc.flops_per_token, **m,
-               "tokens_per_s": (tokens - tok_prev) / max(now - t_prev, 1e-9),
-               "wall_s": wall0 + now - t_start}
-        t_prev, tok_prev = now, tokens
-        epochs = source.epochs_at(tokens)
-        if epochs is not None:
-            row["epochs"] = epochs
-        if ev is not None:
-            row.update(evaluator.finish(ev))
-            if entropy is not None:
-                row["eval_excess"] = row["eval_loss"] - entropy
-        if sig is not None:
-            row["sigma_max"] = sv.finish(sig)
-        return row
-
-    def keep(row: dict) -> bool:
-        return (row["step"] % cfg.train.log_every == 0 or row["step"] == total or "eval_loss" in row
-                or not _finite(row))
-
-    inflight = None  # (step, metrics, eval) dispatched but not yet read
-    keep_steps = set(cfg.train.checkpoint_steps)  # saved, kept and evaluated (branch points)
-    batch = batch_at(start) if start < total else None
-    step = saved = start
-    for i in range(start, total):
-        stopping = stopping or (not voting and stop())
-        if stopping:
-            break
-        step = i + 1
-        state, metrics = step_fn(state, batch, hparams)
-        faults.point("step", at=step)
-        if voting:
-            metrics = {**metrics, "stop_vote": place.vote(stop())}
-        is_eval = step % cfg.train.eval_every == 0 or step == total or step in keep_steps
-        ev = evaluator.dispatch(state["params"]) if is_eval else None
-        if is_eval:
-            faults.point("eval", at=step)
-        is_sigma = sv is not None and (step % sigma_every == 0 or step == total)
-        sig = sv.dispatch(state["params"]) if is_sigma else None
-        if step < total:
-            batch = batch_at(step)  # host-side data work overlaps the device step
-        done = [finish(*inflight)] if inflight is not None else []  # step - 1, read while step runs
-        inflight = (step, metrics, ev, sig)
-        is_ckpt = step % cfg.train.checkpoint_every == 0 or step == total or step in keep_steps
-        if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
-            done.append(finish(*inflight))
-            inflight = None
-        run.append_metrics([r for r in done if keep(r)])
-        if done and bar is not None:
-            bar.update(done[-1]["step"] - bar.n)
-            bar.set_postfix(loss=f"{done[-1]['train_loss']:.4f}", tok_s=f"{done[-1]['tokens_per_s']:.0f}",
-                            refresh=False)
-        if any(not _finite(r) for r in done):
-            status = "diverged"
-            break
-        if is_ckpt:
-            mngr.save(step, args=ocp.args.StandardSave(state))
-            faults.point("checkpoint", at=step)
-            saved = step
-    preempted = stopping and status == "completed" and step < total
-    if preempted:  # rows in flight, then a checkpoint at this step; no summary, so the same command resumes
-        if inflight is not None:
-            run.append_metrics([r for r in [finish(*inflight)] if keep(r)])
-        if step > saved:
-            mngr.save(step, args=ocp.args.StandardSave(state))
-    mngr.wait_until_finished()
-    mngr.close()
-    managers.remove(mngr)
-    if bar is not None:
-        bar.close()
-    faults.point("finalize")
-    if preempted:
-        log(f"{run.path}: stopped by {stop.describe()} at step {step}; checkpointed, the same command resumes")
-        return {"status": "incomplete", "steps": step}
-    summary = {**summarize(cfg, run.read_metrics(), status, start, params, acc, compile_s, entropy, source.meta),
-               **(place.describe() if place is not None else {})}
-    run.write_summary(summary)
-    log(f"{run.path}: {status} at step {summary['steps']}, train loss {summary['final_train_loss']}, "
-        f"eval loss {summary['final_eval_loss']}")
+    [summary] = train_members([member], fresh_state, lambda group, start: SingleProgram(group[0], tx, place, start),
+                              packed=False, progress=progress, log=log, should_stop=should_stop, primary=primary)
     return summary
-
-
-def summarize(cfg: Config, rows: list[dict], status: str, start: int, params, acc: shapes.Accounting,
-              compile_s: float, entropy: float | None, data_meta: dict) -> dict:
-    """summary.json's keys from a run's metrics rows (testbed.pack writes the same ones per member)."""
-    last = rows[-1] if rows else {}
-    evals = [r for r in rows if "eval_loss" in r]
-    last_eval = evals[-1] if evals else {}
-    groups = group_table(cfg, params)
-    sigmas = [r["sigma_max"] for r in rows if "sigma_max" in r]
-    labels = spectral.by_name(group_labels(params))
-    return {
-        "status": status,
-        "steps": last.get("step", start),
-        "tokens": last.get("tokens", start * cfg.tokens_per_step),
-        "flops": last.get("flops", 0),
-        "final_train_loss": last.get("train_loss"),
-        "final_eval_loss": last_eval.get("eval_loss"),
-        "final_eval_loss_se": last_eval.get("eval_loss_se"),
-        "data_entropy": entropy,
-        **({"final_eval_bpb": last_eval["eval_bpb"]} if "eval_bpb" in last_eval else {}),
-        **acc.as_dict(),
-        "compile_s": compile_s,
-        "tokens_per_s": _mean_rate(rows),
-        "parametrization": parametrization.describe(cfg),
-        "param_groups": groups,  # per group: effective peak LR, coupled lambda, eps, tau_iter = 1/(eta*lambda)
-        **({"final_sigma_max": sigmas[-1],
-            "final_sigma_normalized": spectral.normalized_sigma(cfg, sigmas[-1], labels, groups)} if sigmas else {}),
-        "wall_s": last.get("wall_s"),
-        "data": data_meta,
-    }
-
-
-def _finite(row: dict) -> bool:
-    return math.isfinite(row["train_loss"]) and math.isfinite(row["grad_norm"])
-
-
-def _mean_rate(rows: list[dict]) -> float | None:
-    """Steady-state tokens/s: the median of logged rates, robust to the first step's warm-up."""
-    rates = [r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r]
-    return float(np.median(rates)) if rates else None

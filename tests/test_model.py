@@ -7,7 +7,7 @@ import pytest
 
 from testbed import config as C
 from testbed import shapes
-from testbed.model import Transformer, init_params, param_fan_ins, param_roles
+from testbed.model import Transformer, init_params, param_info
 
 SHAPES = {
     "d128_l2": ["model.d_model=128", "model.n_layers=2", "model.n_heads=4"],
@@ -59,7 +59,8 @@ def test_exact_flops_match_xla_cost_analysis(name):
 def test_roles_and_fan_ins():
     cfg = cfg_of(["model.qk_norm=true", "model.mlp=swiglu"])
     p = init_params(cfg, jax.random.key(0))
-    roles, fans = param_roles(p), param_fan_ins(p)
+    info = param_info(p)
+    roles, fans = jax.tree.map(lambda i: i.role, info), jax.tree.map(lambda i: i.fan_in, info)
     assert roles["embed"]["embedding"] == "embedding"
     assert roles["readout"]["kernel"] == "readout" and fans["readout"]["kernel"] == 64
     b = roles["block_0"]

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from testbed import config as C
-from testbed.model import init_params
-from testbed.optim import default_hparams, group_labels, inject, make_optimizer
+from testbed.model import init_params, param_info
+from testbed.optim import make_optimizer
 
 
 def setup(overrides):
@@ -28,8 +28,7 @@ def run(cfg, params, tx, hp, n=3):
     opt = tx.init(params)
     for i in range(n):
         g = grads_like(params, i)
-        opt = opt._replace(hyperparams={**opt.hyperparams, "learning_rate": hp["lr"],
-                                        "weight_decay": hp["wd"]})
+        opt = opt._replace(hyperparams={**opt.hyperparams, "peak_lr": hp["lr"], "weight_decay": hp["wd"]})
         u, opt = tx.update(g, opt, params)
         params = optax.apply_updates(params, u)
     return params
@@ -37,9 +36,8 @@ def run(cfg, params, tx, hp, n=3):
 
 def test_sp_coupled_equals_optax_adamw_with_vector_mask():
     cfg, params = setup(["optim.lr=1e-2", "optim.weight_decay=0.1", "optim.eps=1e-6"])
-    ours = run(cfg, params, make_optimizer(cfg, params), {"lr": 1e-2, "wd": 0.1})
-    mask = jax.tree.map(lambda r: r != "vector", jax.tree.map(lambda lbl: lbl.split(":")[0],
-                                                                group_labels(params)))
+    ours = run(cfg, params, make_optimizer(cfg, param_info(params)), {"lr": 1e-2, "wd": 0.1})
+    mask = jax.tree.map(lambda i: i.role != "vector", param_info(params))
     ref_tx = optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.1, mask=mask)
     ref, st = params, ref_tx.init(params)
     for i in range(3):
@@ -53,7 +51,7 @@ def test_vectors_not_decayed_and_role_multipliers():
     """Zero gradient isolates decay: hidden/readout/embedding shrink by (1 - lr*wd*mult), vectors stay."""
     cfg, params = setup(["optim.lr=0.1", "optim.weight_decay=0.5", "optim.wd_mult.embedding=0.0",
                          "optim.lr_mult.readout=2.0"])
-    tx = make_optimizer(cfg, params)
+    tx = make_optimizer(cfg, param_info(params))
     opt = tx.init(params)
     zeros = jax.tree.map(jnp.zeros_like, params)
     u, _ = tx.update(zeros, opt, params)
@@ -72,10 +70,12 @@ def test_independent_decay_does_not_scale_with_peak_lr():
     decay = {}
     for conv in ("independent", "coupled"):
         for lr in (1e-3, 1e-1):
-            cfg, params = setup([f"optim.lr={lr}", "optim.weight_decay=0.01", f"optim.wd_convention={conv}"])
-            tx = make_optimizer(cfg, params)
-            hp = default_hparams(cfg)
-            opt = inject(cfg, tx.init(params), hp["lr"] * 0.5, hp)  # s_t = 0.5
+            cfg, params = setup([f"optim.lr={lr}", "optim.weight_decay=0.01", f"optim.wd_convention={conv}",
+                                 "optim.schedule=linear", "optim.final_lr_frac=0", "train.steps=3"])
+            tx = make_optimizer(cfg, param_info(params))
+            opt = tx.init(params)  # the linear schedule over 3 steps is at 0.5 at its update 1: s_t = 0.5
+            opt = opt._replace(hyperparams_states={"lr_factor": opt.hyperparams_states["lr_factor"]._replace(
+                count=jnp.int32(1))})
             u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), opt, params)
             w = params["block_0"]["attn"]["out"]["kernel"]
             upd = u["block_0"]["attn"]["out"]["kernel"]

@@ -13,8 +13,8 @@ import pytest
 
 from testbed import config as C
 from testbed import parametrization as P
-from testbed.model import Transformer, init_params
-from testbed.optim import group_labels, group_scale, group_table, make_optimizer
+from testbed.model import Transformer, init_params, param_info
+from testbed.optim import group_table, make_optimizer
 
 NAMES = list(P.PARAMETRIZATIONS)
 # The same base constants and init choices for every parametrization (alpha's, sigma_base, zero-init flags).
@@ -44,7 +44,7 @@ def test_every_parametrization_is_sp_bitwise_at_the_base_shape(variant):
     ref = init_params(ref_cfg, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(0, 256, (2, 16)).astype(np.int32)
     ref_out = np.asarray(Transformer(ref_cfg).apply({"params": ref}, tokens))
-    ref_groups = {lbl: group_scale(ref_cfg, lbl) for lbl in set(jax.tree.leaves(group_labels(ref)))}
+    ref_groups = {i: P.role_scale(ref_cfg, i) for i in set(jax.tree.leaves(param_info(ref)))}
     for name in NAMES[1:]:
         cfg = cfg_of(*base, f"param.name={name}")
         params = init_params(cfg, jax.random.key(0))
@@ -52,8 +52,8 @@ def test_every_parametrization_is_sp_bitwise_at_the_base_shape(variant):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}: init of {path}")
         np.testing.assert_array_equal(np.asarray(Transformer(cfg).apply({"params": params}, tokens)), ref_out,
                                       err_msg=f"{name}: forward output")
-        for lbl, ref_scale in ref_groups.items():
-            assert group_scale(cfg, lbl) == ref_scale, (name, lbl)
+        for info, ref_scale in ref_groups.items():
+            assert P.role_scale(cfg, info) == ref_scale, (name, info)
         assert P.attn_scale(cfg) == P.attn_scale(ref_cfg) and P.residual_mult(cfg) == 1.0
 
 
@@ -115,7 +115,7 @@ def test_residual_multiplier_follows_depth_alpha():
 
 
 def _step(cfg, params, grads):
-    tx = make_optimizer(cfg, params)
+    tx = make_optimizer(cfg, param_info(params))
     updates, _ = tx.update(grads, tx.init(params), params)
     return updates
 
@@ -152,8 +152,8 @@ def test_unit_gradient_step_matches_the_table_leaf_by_leaf(case):
                  "model.use_bias=true", *wd)
     params = init_params(cfg, jax.random.key(0))
     lr, decay, eps = measured(cfg, params)
-    table = group_table(cfg, params)
-    labels = leaves_with_paths(group_labels(params))
+    table = group_table(cfg, param_info(params), params)
+    labels = leaves_with_paths(jax.tree.map(lambda i: i.group, param_info(params)))
     for path, label in labels.items():
         row = table[label]
         assert float(lr[path]) == pytest.approx(row["lr"], rel=1e-5), (path, label)
@@ -168,7 +168,7 @@ def test_table_values_by_hand_for_completep_and_depth_mup():
                      "param.base_depth=2", "optim.lr=0.01", "optim.eps=1e-8", "optim.eps_rule=scaled",
                      "optim.weight_decay=0.1", f"optim.wd_rule={rule}", "model.norm=layernorm",
                      "model.use_bias=true")
-        return group_table(cfg, init_params(cfg, jax.random.key(0)))
+        return group_table(cfg, param_info(p := init_params(cfg, jax.random.key(0))), p)
 
     m, mL, eta, eps, lam = 4, 4, 0.01, 1e-8, 0.1
     for name, a in [("completep", 1.0), ("depth_mup", 0.5)]:
@@ -192,7 +192,7 @@ def test_table_values_by_hand_for_completep_and_depth_mup():
 def test_timescale_rule_gives_every_decayed_group_the_same_tau():
     cfg = cfg_of("param.name=mup", "model.d_model=128", "param.base_width=32", "optim.wd_rule=timescale",
                  "optim.tau_frac=0.25", "train.steps=400", "optim.lr_mult.embedding=3.0")
-    t = group_table(cfg, init_params(cfg, jax.random.key(0)))
+    t = group_table(cfg, param_info(p := init_params(cfg, jax.random.key(0))), p)
     taus = {k: v["tau_iter"] for k, v in t.items()}
     assert all(v == pytest.approx(100.0) for k, v in taus.items() if not k.startswith("vector")), taus
     assert all(v is None for k, v in taus.items() if k.startswith("vector"))
@@ -203,7 +203,7 @@ def test_timescale_rule_gives_every_decayed_group_the_same_tau():
 def test_sp_perlayer_exponents_are_configurable():
     cfg = cfg_of("param.name=sp_perlayer", "model.d_model=128", "param.base_width=32",
                  "param.perlayer_c.hidden=0.5", "param.perlayer_c.readout=0.5", "optim.lr_mult.hidden=2.0")
-    t = group_table(cfg, init_params(cfg, jax.random.key(0)))
+    t = group_table(cfg, param_info(p := init_params(cfg, jax.random.key(0))), p)
     assert t["hidden:128"]["lr"] == pytest.approx(3e-3 * 2.0 * 4 ** -0.5)  # gamma_g * m^-c_g
     assert t["readout:128"]["lr"] == pytest.approx(3e-3 * 0.5)
     assert t["embedding:1"]["lr"] == pytest.approx(3e-3)
@@ -218,9 +218,10 @@ def test_adam_atan2_is_scale_invariant_and_eps_free():
     zeros = jax.tree.map(jnp.zeros_like, params)
     big = _step(cfg, zeros, jax.tree.map(jnp.ones_like, params))
     tiny = _step(cfg, zeros, jax.tree.map(lambda x: jnp.full_like(x, 1e-12), params))  # far below eps=1e-8
-    table = group_table(cfg, params)
-    for (path, u), v, label in zip(leaves_with_paths(big).items(), jax.tree.leaves(tiny),
-                                   jax.tree.leaves(group_labels(params)), strict=True):
+    table = group_table(cfg, param_info(params), params)
+    for (path, u), v, info in zip(leaves_with_paths(big).items(), jax.tree.leaves(tiny),
+                                  jax.tree.leaves(param_info(params)), strict=True):
+        label = info.group
         np.testing.assert_allclose(u, v, rtol=1e-6, err_msg=path)  # a * atan2(c, |c|) = a * pi / 4 for any c
         np.testing.assert_allclose(-u, table[label]["lr"], rtol=1e-6, err_msg=path)
     assert table["hidden:64"]["eps"] is None

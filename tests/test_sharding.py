@@ -147,19 +147,19 @@ def test_placement_shards_state_batch_and_step_outputs(jax_env):
     """Adam moments follow their params; batches split over data x fsdp; the jitted step keeps the layout."""
     result = run_on_devices(jax_env, f"""
         import json, jax, numpy as np
-        from testbed import config as C, schedules, sharding
-        from testbed.optim import default_hparams, make_optimizer
-        from testbed.model import init_params
+        from testbed import config as C, sharding
+        from testbed.optim import make_optimizer
+        from testbed.model import init_params, param_info
         from testbed.train import init_state, make_train_step
         cfg = C.load({str(TINY)!r}, {[*FAST, "train.steps=2", "train.mesh.data=2", "train.mesh.fsdp=4"]!r})
         place = sharding.placement(cfg)
         params = init_params(cfg, jax.random.key(0))
-        tx = make_optimizer(cfg, params)
+        tx = make_optimizer(cfg, param_info(params))
         state = init_state(cfg, tx, params)
         state = place.put(state, place.state_shardings(state))
         batch = place.batch(np.zeros((1, 8, 33), np.int32), axis=1)
-        step = place.jit_step(make_train_step(cfg, tx, schedules.from_config(cfg.optim, 2)), state, (1, 8, 33))
-        new, metrics = step(state, batch, place.put(default_hparams(cfg)))
+        step = place.jit_step(make_train_step(cfg, tx), state, (1, 8, 33))
+        new, metrics = step(state, batch)
         spec = lambda x: [str(a) for a in x.sharding.spec]
         mu = new["opt_state"]
         mus = [x for x in jax.tree.leaves(mu) if getattr(x, "shape", ()) == (32, 96)]

@@ -15,7 +15,8 @@ import pytest
 
 from testbed import config as C
 from testbed import schedules
-from testbed.optim import default_hparams, make_optimizer
+from testbed.model import param_info
+from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step, train
 
 from .conftest import ROOT
@@ -108,12 +109,12 @@ def test_grad_accumulation_matches_full_batch():
 
 
 def _one_step(cfg):
-    tx = make_optimizer(cfg, _params(cfg))
-    step = jax.jit(make_train_step(cfg, tx, schedules.from_config(cfg.optim, 6)))
+    tx = make_optimizer(cfg, param_info(_params(cfg)))
+    step = jax.jit(make_train_step(cfg, tx))
     state = init_state(cfg, tx)
     batch = np.random.default_rng(0).integers(0, 256, (8, 33)).astype(np.int32)
     A = cfg.train.grad_accum
-    state, m = step(state, jnp.asarray(batch.reshape(A, 8 // A, 33)), default_hparams(cfg))
+    state, m = step(state, jnp.asarray(batch.reshape(A, 8 // A, 33)))
     return m, state["params"]
 
 
