@@ -5,7 +5,7 @@ source, next to the train step's own tokens/s, to show the loader is never the b
 
 Sources: the embedded synthetic mixture (the default: 16384 skills over 256 tokens) and, when a byte-level text
 file is given with --text, the text source. The train loop builds step s+1's batch on the host while the device runs
-step s (testbed/train.py), so the loader only has to beat the step.
+step s (testbed/loop.py), so the loader only has to beat the step.
 """
 
 from __future__ import annotations

@@ -136,15 +136,16 @@ def settle(managers: list) -> None:
     managers.clear()
 
 
-def storage_failure(run: RunDir, e: BaseException) -> StorageError:
+def storage_failure(where: str, e: BaseException) -> StorageError:
     """The one-line error for a full or failing disk: what happened, and that the same command resumes. orbax's
-    background writers fail the same way; their leftover futures' errors are not repeated at exit."""
+    background writers fail the same way; their leftover futures' errors are not repeated at exit. `where` names
+    the run directories ('--out RUN_DIR' for one run)."""
     quiet_closed_loop_callbacks()
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved" at exit
     why = e.strerror if isinstance(e, OSError) and e.strerror else next(
         (m for m in STORAGE_MESSAGES if m in str(e)), "storage error")
     first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    return StorageError(f"--out {run.path}: {why} while writing the run directory ({first}); free disk space there "
+    return StorageError(f"{where}: {why} while writing the run directory ({first}); free disk space there "
                         "(or pass an --out on another disk) and run the same command again: it resumes from the last "
                         "checkpoint (no summary was written: the run is not counted as finished)")
 

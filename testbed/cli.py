@@ -48,7 +48,7 @@ def cmd_info(args) -> int:
     import jax
 
     from testbed import parametrization, shapes
-    from testbed.model import init_params
+    from testbed.model import init_params, param_info
     from testbed.optim import group_table
 
     acc = shapes.count(cfg)
@@ -57,7 +57,7 @@ def cmd_info(args) -> int:
             "train_flops": cfg.total_steps * cfg.tokens_per_step * acc.flops_per_token,
             "parametrization": parametrization.describe(cfg)}
     shapes_only = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # no parameter memory touched
-    groups = group_table(cfg, shapes_only)
+    groups = group_table(cfg, param_info(shapes_only), shapes_only)
     if args.json:
         print(json.dumps({**info, "param_groups": groups}))
         return 0

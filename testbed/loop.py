@@ -93,7 +93,7 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
     checkpoints are at different steps train as one program per resume step, lowest first.
     """
     for m in members:
-        _write_config(m)
+        _write_config(m, _where(members))
     results: list[dict | None] = [None] * len(members)
     for i, m in enumerate(members):
         done = m.run.read_summary()
@@ -103,6 +103,7 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
         elif primary:
             m.run.remove_stale_temps()
     todo = [m for m in members if m.status is None]
+    active = todo  # the members an error is blamed on: all while restoring, then the group in training
     managers: list = []  # every checkpoint manager, settled here if anything raises
     try:
         try:
@@ -111,22 +112,21 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
                 if len(by_start) > 1:
                     log(f"pack members resume from different steps ({sorted(by_start)}); training one pack per step")
                 for start in sorted(by_start):
-                    group = by_start[start]
+                    active = by_start[start]
                     if stop():
-                        for m in group:
+                        for m in active:
                             m.summary = {"status": "incomplete", "steps": start}
                         continue
-                    _begin(group, start, packed, log)
-                    _train_group(group, build(group, start), start, progress, log, stop)
+                    _begin(active, start, packed, log)
+                    _train_group(active, build(active, start), start, progress, log, stop)
         finally:
             checkpoints.settle(managers)
     except (KeyboardInterrupt, RunDirError):
         raise  # no summary: nothing about the run itself failed (unreadable checkpoints, a full disk)
     except Exception as e:
-        run = todo[0].run if todo else members[0].run
         if storage_error(e):  # no summary: the run is incomplete and resumes once there is space
-            raise checkpoints.storage_failure(run, e) from e
-        for m in todo:
+            raise checkpoints.storage_failure(_where(todo or members), e) from e
+        for m in active:
             if m.status is None:
                 m.run.write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}",
                                      "traceback": traceback.format_exc()})
@@ -134,12 +134,19 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
     return [results[i] if results[i] is not None else m.summary for i, m in enumerate(members)]
 
 
-def _write_config(m: Member) -> None:
+def _where(ms: list[Member]) -> str:
+    """How a storage error names the run directories: '--out RUN_DIR' for one run, the list for a pack."""
+    if len(ms) == 1:
+        return f"--out {ms[0].run.path}"
+    return f"run directories {', '.join(str(m.run.path) for m in ms)}"
+
+
+def _write_config(m: Member, where: str) -> None:
     try:
         m.run.check_or_write_config(m.cfg)
     except OSError as e:
         if storage_error(e):
-            raise checkpoints.storage_failure(m.run, e) from e
+            raise checkpoints.storage_failure(where, e) from e
         raise
 
 

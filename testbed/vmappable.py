@@ -3,7 +3,7 @@
 Jax-free, so launchers can group runs into packs without importing the training code.
 
 Vmappable, and reproduced exactly by testbed.pack (each member matches its one-by-one run):
-  optim.lr, optim.weight_decay   traced hyperparameters of the step (optim.inject)
+  optim.lr, optim.weight_decay   injected hyperparameters in each member's optimizer state (optim.init)
   seed                           each member's own init key and data stream
   model.init_std, model.emb_std  read only at init, which happens per member
 Not vmappable here: param.alpha_* and every other parametrization constant are Python floats baked into the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from testbed import config as C
+from testbed import config
 
 VMAPPABLE = ("optim.lr", "optim.weight_decay", "seed", "model.init_std", "model.emb_std")
 # What testbed.pack does not implement (branch restores, kept checkpoint steps, device meshes, several hosts):
@@ -23,7 +23,7 @@ VMAPPABLE = ("optim.lr", "optim.weight_decay", "seed", "model.init_std", "model.
 SOLO = {"train.branch_from": None, "train.checkpoint_steps": [], "train.mesh": {}}
 
 
-def solo_reason(cfg: C.Config) -> str | None:
+def solo_reason(cfg: config.Config) -> str | None:
     """Why `cfg` cannot join a pack ('train.mesh is {...}'), or None."""
     for key, default in SOLO.items():
         section, name = key.split(".")
@@ -35,9 +35,9 @@ def solo_reason(cfg: C.Config) -> str | None:
     return None
 
 
-def _shape_dict(cfg: C.Config) -> dict:
+def _shape_dict(cfg: config.Config) -> dict:
     """The config with every vmappable value blanked: what must be equal within a pack."""
-    d = C.to_dict(cfg)
+    d = config.to_dict(cfg)
     for key in VMAPPABLE:
         *parents, leaf = key.split(".")
         node = d
@@ -47,13 +47,13 @@ def _shape_dict(cfg: C.Config) -> dict:
     return d
 
 
-def pack_key(cfg: C.Config) -> str:
+def pack_key(cfg: config.Config) -> str:
     """Equal for configs that can share one vmapped program; 12 hex digits."""
     text = json.dumps(_shape_dict(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def pack_conflict(cfgs: list[C.Config]) -> str | None:
+def pack_conflict(cfgs: list[config.Config]) -> str | None:
     """The first non-vmappable key on which the configs differ ('key: a vs b'), or None if they can pack."""
     ref = _flat(_shape_dict(cfgs[0]))
     for i, cfg in enumerate(cfgs[1:], 1):
@@ -64,7 +64,7 @@ def pack_conflict(cfgs: list[C.Config]) -> str | None:
     return None
 
 
-def group_by_pack(cfgs: list[C.Config], max_pack: int) -> list[list[int]]:
+def group_by_pack(cfgs: list[config.Config], max_pack: int) -> list[list[int]]:
     """Indices of `cfgs` grouped into packs of at most `max_pack` same-key configs, in first-seen order (a config
     with a solo_reason in a pack of its own)."""
     groups: dict[str, list[int]] = {}

@@ -15,6 +15,7 @@ from .common import (
     SUMMARY_KEYS,
     assert_unfinished_and_consistent,
     curve,
+    fault_env,
     rows,
     snapshot,
     stale_temps,
@@ -94,3 +95,35 @@ def test_a_real_full_disk_on_a_small_tmpfs(reference, jax_env, tmp_path):
         assert {k: summary(run)[k] for k in SUMMARY_KEYS} == {k: summary(reference)[k] for k in SUMMARY_KEYS}
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_in_a_pack_is_the_same_one_line_error(reference, jax_env, tmp_path):
+    """train-pack runs the same loop as train: ENOSPC on a member's metrics append stops the pack with one line
+    (exit 2), no member is counted finished, and the same command then finishes both members."""
+    import sys
+
+    import yaml
+
+    from testbed import config
+
+    from ..conftest import ROOT
+
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    raw = yaml.safe_load((reference / "config.yaml").read_text())
+    for seed, d in enumerate(dirs):
+        d.mkdir()
+        (d / "config.yaml").write_text(config.dump_yaml(config.from_dict({**raw, "seed": seed})))
+    cmd = [sys.executable, "-m", "testbed.cli", "train-pack", *map(str, dirs), "--no-progress"]
+    run = lambda fault=None: subprocess.run(cmd, env=fault_env(jax_env, fault), cwd=ROOT, capture_output=True,
+                                            text=True, timeout=300)
+    r = run("enospc:append:metrics.jsonl@25")
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("testbed train-pack: error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and str(dirs[0]) in errors[0], errors
+    for d in dirs:
+        assert 0 < len(assert_unfinished_and_consistent(d)) < STEPS and not stale_temps(d)
+    r = run()
+    assert r.returncode == 0 and "resuming pack of 2" in r.stderr, r.stderr[-3000:]
+    for d in dirs:
+        assert summary(d)["status"] == "completed" and [x["step"] for x in rows(d)] == list(range(1, STEPS + 1))
+    assert summary(dirs[0])["final_eval_loss"] == pytest.approx(summary(reference)["final_eval_loss"], rel=1e-4)
