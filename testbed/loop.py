@@ -111,9 +111,9 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
                 by_start = _restore(todo, init_state, managers, log)
                 if len(by_start) > 1:
                     log(f"pack members resume from different steps ({sorted(by_start)}); training one pack per step")
-                for start in sorted(by_start):
+                for n, start in enumerate(sorted(by_start)):
                     active = by_start[start]
-                    if stop():
+                    if n and stop():  # stopped during an earlier group: the later ones stay where they are
                         for m in active:
                             m.summary = {"status": "incomplete", "steps": start}
                         continue

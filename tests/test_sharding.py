@@ -70,7 +70,7 @@ def test_mesh_shape_and_param_specs():
         sharding.mesh_shape({"data": 3}, 8)
     with pytest.raises(C.ConfigError, match="train.mesh"):
         sharding.mesh_shape({"data": 3, "fsdp": -1}, 8)
-    P = sharding.P
+    P = sharding.PartitionSpec
     assert sharding.param_spec((32, 96), 4) == P(None, "fsdp")  # the largest dimension that divides
     assert sharding.param_spec((256, 30), 4) == P("fsdp", None)
     assert sharding.param_spec((30, 6), 4) == P()  # nothing divides: replicated
