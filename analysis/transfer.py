@@ -1,11 +1,11 @@
 """Hyperparameter transfer across width or depth (REFERENCE.md section 5): where is the optimum, does it move?
 
 Reads a sweep directory of run directories (config.yaml + summary.json, through testbed.sweepdir) and nothing else:
-no JAX, no model code.
-Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the swept hp, the scaled
-axis and the seed. Per panel and axis value: loss vs log2(hp) averaged over seeds, a parabola through the points
-within 1.2x of the minimum, its vertex log2 eta* with a bootstrap-over-seeds CI (analysis/optimum.py). Across axis
-values: drift, slope, the loss penalty of transferring the smallest model's optimum, and whether wider is better.
+no JAX, no model code. Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the
+swept hp, the scaled axis and the seed. Per panel and axis value: loss vs log2(hp) averaged over seeds, a parabola
+through the points within 1.2x of the minimum, its vertex log2 eta* with a bootstrap-over-seeds CI
+(analysis/optimum.py). Across axis values: drift, slope, the loss penalty of transferring the smallest model's
+optimum, and whether wider is better.
 """
 
 from __future__ import annotations
