@@ -12,17 +12,15 @@ loss (the chosen metric), train_loss, status, ok, run_id, run_dir; curves add st
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from testbed.config import ConfigError
-
-from .transfer import _YAML_LOADER, _flatten, _number
+from testbed.runstore import RunDir, flatten, number
+from testbed.sweepdir import SweepDir
 
 RUN_COLUMNS = ("run_id", "run_dir", "status", "ok", "N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss")
 CURVE_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "eval_loss")
@@ -42,65 +40,26 @@ FILTER_HELP = 'quote dotted names with backticks, e.g. --filter "`model.d_model`
 
 
 # --- sweep directories --------------------------------------------------------------------------------------------
-def _run_dirs(sweep_dir: Path) -> list[Path]:
-    """The subdirectories holding a config.yaml, or a ConfigError saying what to pass instead."""
-    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file())
-    if not run_dirs:
-        if (sweep_dir / "config.yaml").is_file():
-            raise ConfigError(f"{sweep_dir} is a run directory, not a sweep directory: pass its parent")
-        raise ConfigError(f"no run directories (config.yaml) under {sweep_dir}; pass a sweep directory or a CSV")
-    return run_dirs
-
-
-def _read_json(path: Path) -> dict | None:
-    """summary.json as a dict, None when absent; a broken file is a ConfigError naming it."""
-    if not path.is_file():
-        return None
-    try:
-        out = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); remove or fix the run") from None
-    if not isinstance(out, dict):
-        raise ConfigError(f"{path}: must hold a mapping; remove or fix the run")
-    return out
-
-
 def _metrics(run: Path) -> list[dict]:
-    """metrics.jsonl rows; a torn last line ends the log (as RunDir.read_metrics)."""
-    path, rows = run / "metrics.jsonl", []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    """metrics.jsonl rows (RunDir.read_metrics: a torn last line ends the log)."""
+    return RunDir(run).read_metrics()
 
 
-def _run_row(run: Path, metric: str) -> tuple[dict[str, Any], bool]:
+def _run_row(run: RunDir, metric: str) -> tuple[dict[str, Any], bool]:
     """One run's standard columns + flattened config, and whether its summary holds `metric`."""
-    try:
-        cfg = yaml.load((run / "config.yaml").read_text(), Loader=_YAML_LOADER)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{run}/config.yaml: not valid YAML ({e}); remove or fix the run") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{run}/config.yaml: must hold a mapping; remove or fix the run")
-    s = _read_json(run / "summary.json")
-    if s is None:  # unfinished: how far it got comes from the last logged step
-        last = (_metrics(run) or [{}])[-1]
-        s = {"status": "incomplete", "tokens": last.get("tokens"), "flops": last.get("flops"),
-             "final_train_loss": last.get("train_loss"), "steps": last.get("step")}
-    row = {"run_id": run.name, "run_dir": str(run), "status": str(s.get("status")),
-           "N": _number(s.get("params_total")), "N_nonembed": _number(s.get("params_nonembedding")),
-           "D": _number(s.get("tokens")), "C": _number(s.get("flops")), "loss": _number(s.get(metric)),
-           "train_loss": _number(s.get("final_train_loss")), "loss_se": _number(s.get(f"{metric}_se")),
-           "steps": _number(s.get("steps")), "data_entropy": _number(s.get("data_entropy"))}
-    return {**row, **_flatten(cfg)}, metric in s
+    cfg = run.read_config_dict()
+    s = run.summary_or_progress()  # unfinished: how far it got comes from the last logged step
+    row = {"run_id": run.path.name, "run_dir": str(run.path), "status": str(s.get("status")),
+           "N": number(s.get("params_total")), "N_nonembed": number(s.get("params_nonembedding")),
+           "D": number(s.get("tokens")), "C": number(s.get("flops")), "loss": number(s.get(metric)),
+           "train_loss": number(s.get("final_train_loss")), "loss_se": number(s.get(f"{metric}_se")),
+           "steps": number(s.get("steps")), "data_entropy": number(s.get("data_entropy"))}
+    return {**row, **flatten(cfg)}, metric in s
 
 
 def _load_sweep(sweep_dir: Path, metric: str) -> pd.DataFrame:
     rows, has_metric, finished = [], False, 0
-    for run in _run_dirs(sweep_dir):
+    for run in SweepDir(sweep_dir).runs(fix="pass a sweep directory or a CSV"):
         row, has = _run_row(run, metric)
         rows.append(row)
         has_metric |= has

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from testbed.analysis import laws
 from testbed.analysis import load as LD
 
 from testbed.config import ConfigError
+from testbed.runstore import jsonable  # noqa: F401 (report.jsonable: the encoder the --json printers use)
 
 # compute budgets at which derived allocations are reported (Chinchilla; C in FLOPs)
 REPORT_C = (1e18, 1e20, 1e22, 1e24)
@@ -356,19 +356,6 @@ def format_text(out: dict) -> str:
                 lines.append(f"  {b['law']} on the same points: mean |rel error| {b['mean_abs_rel_error']:.3%}, "
                              f"max {b['max_abs_rel_error']:.3%}")
     return "\n".join(lines)
-
-
-def jsonable(v: Any) -> Any:
-    """NaN/inf as strings, numpy scalars as floats: strict JSON."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 def plot(objs: dict, out: dict, path: str | Path) -> None:

@@ -1,15 +1,15 @@
 """Hyperparameter transfer across width or depth (REFERENCE.md section 5): where is the optimum, does it move?
 
-Reads a sweep directory of run directories (config.yaml + summary.json) and nothing else: no JAX, no model code.
-Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the swept hp, the scaled
-axis and the seed. Per panel and axis value: loss vs log2(hp) averaged over seeds, a parabola through the points
-within 1.2x of the minimum, its vertex log2 eta* with a bootstrap-over-seeds CI. Across axis values: drift, slope,
-the loss penalty of transferring the smallest model's optimum, and whether wider is better.
+Reads a sweep directory of run directories (config.yaml + summary.json, through testbed.sweepdir) and nothing else:
+no JAX, no model code. Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the
+swept hp, the scaled axis and the seed. Per panel and axis value: loss vs log2(hp) averaged over seeds, a parabola
+through the points within 1.2x of the minimum, its vertex log2 eta* with a bootstrap-over-seeds CI
+(analysis/optimum.py). Across axis values: drift, slope, the loss penalty of transferring the smallest model's
+optimum, and whether wider is better.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from testbed.analysis.optimum import MAX_RATIO, Cell, bootstrap_ci, fit_optimum, loss_at, why_missing
 
 from testbed.config import ConfigError
+from testbed.runstore import flatten, jsonable, number
+from testbed.sweepdir import SweepDir
 
-WINDOW = 2  # grid points on each side of the minimum that the parabola sees
-MAX_RATIO = 1.2  # the protocol drops points above 1.2x the per-width minimum
-ON_GRID = 1e-6  # a transferred log2 optimum this close to a grid value reads the observed point
 HP_LABELS = {"optim.lr": "learning rate", "optim.weight_decay": "weight decay"}
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads a 1000-run sweep ~10x faster
 
 
 @dataclass(frozen=True)
@@ -48,94 +46,27 @@ class RunTable:
     unfinished: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Cell:
-    """One (panel, axis value): the log2 hp grid and a seeds x grid matrix of losses (NaN: diverged or missing)."""
-
-    x: np.ndarray  # log2 hp values tried at this axis value, ascending
-    seeds: list[Any]
-    loss: np.ndarray  # (n_seeds, n_x), the seed's mean over its finite completed runs at that x
-    n_valid: np.ndarray  # (n_seeds, n_x) finite completed runs behind each entry
-
-    def means(self) -> np.ndarray:
-        """Per-x mean over the seeds that have a finite value (NaN where none has)."""
-        return _weighted_means(np.ones((1, len(self.seeds))), self.loss)[0]
-
-
-@dataclass
-class Fit:
-    """The optimum of one loss-vs-log2(hp) curve: the parabola vertex, or the observed argmin when not trusted."""
-
-    log2_opt: float
-    loss_opt: float
-    edge: bool  # True: the optimum is the observed argmin (grid edge, concave fit or too few points)
-    coef: tuple[float, float, float] | None  # a, b, c of a x^2 + b x + c when a > 0 on >= 3 points
-    fit_range: tuple[float, float] | None  # lowest and highest x the parabola was fitted to
-    reason: str | None = None
-
-    def predict(self, x: float) -> float:
-        a, b, c = self.coef
-        return a * x * x + b * x + c
-
-
 # --- reading the sweep --------------------------------------------------------------------------------------------
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> dotted keys; lists become tuples so every value can key a group."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
-def _number(v: Any) -> float:
-    """Summary numbers and YAML values as floats; "nan"/"inf" strings and missing values are NaN or inf."""
-    if isinstance(v, bool) or v is None:
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def load_runs(sweep_dir: str | Path, metric: str = "final_eval_loss") -> RunTable:
     """Reads every SWEEP_DIR/*/config.yaml (+ summary.json when finished) into a RunTable."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise ConfigError(f"sweep directory {sweep_dir} does not exist; pass the directory whose subdirectories "
-                          "are the sweep's run directories")
-    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file())
-    if not run_dirs:
-        if (sweep_dir / "config.yaml").is_file():
-            raise ConfigError(f"{sweep_dir} is a run directory, not a sweep directory: pass its parent")
-        raise ConfigError(f"{sweep_dir} holds no run directories (subdirectories with a config.yaml); "
-                          "pass the directory the sweep wrote its runs into")
+    sweep = SweepDir(sweep_dir)
     rows, unfinished, keys, has_metric = [], [], set(), False
-    for run in run_dirs:
-        summary_path = run / "summary.json"
-        if not summary_path.is_file():
-            unfinished.append(run.name)
+    for run in sweep.runs():
+        summary = run.read_summary()
+        if summary is None:
+            unfinished.append(run.path.name)
             continue
-        try:
-            cfg = yaml.load((run / "config.yaml").read_text(), Loader=_YAML_LOADER)
-            summary = json.loads(summary_path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{run}: cannot read config.yaml/summary.json ({e}); remove or fix the run") from None
-        if not isinstance(cfg, dict) or not isinstance(summary, dict):
-            raise ConfigError(f"{run}: config.yaml and summary.json must hold mappings; remove or fix the run")
-        flat = _flatten(cfg)
+        flat = flatten(run.read_config_dict())
         keys.update(flat)
         has_metric |= metric in summary
-        rows.append({**flat, "run_dir": run.name, "status": summary.get("status"),
-                     metric: _number(summary.get(metric))})
+        rows.append({**flat, "run_dir": run.path.name, "status": summary.get("status"),
+                     metric: number(summary.get(metric))})
     if not rows:
-        raise ConfigError(f"{sweep_dir}: none of its {len(unfinished)} run directories has finished "
+        raise ConfigError(f"{sweep.path}: none of its {len(unfinished)} run directories has finished "
                           "(no summary.json); wait for the sweep or check its logs")
     if not has_metric:
         raise ConfigError(f"metric {metric}: no summary.json has it; use final_eval_loss or final_train_loss")
-    return RunTable(sweep_dir, metric, rows, sorted(keys), unfinished)
+    return RunTable(sweep.path, metric, rows, sorted(keys), unfinished)
 
 
 # --- panels -------------------------------------------------------------------------------------------------------
@@ -179,7 +110,7 @@ def _check_key(table: RunTable, key: str, what: str) -> None:
     if missing:
         raise ConfigError(f"--{what} {key}: missing from {len(missing)} runs (e.g. {missing[0]}); "
                           "remove runs that are not testbed runs from the sweep directory")
-    bad = [r[key] for r in table.rows if isinstance(r[key], bool) or math.isnan(_number(r[key]))]
+    bad = [r[key] for r in table.rows if isinstance(r[key], bool) or math.isnan(number(r[key]))]
     if bad:
         raise ConfigError(f"--{what} {key}: needs numeric values, got {bad[0]!r}; pick a numeric key")
     if what == "hp" and len({r[key] for r in table.rows}) < 2:
@@ -192,15 +123,15 @@ def _cells(table: RunTable, hp: str, axis: str, keys: list[str]) -> tuple[dict, 
     dropped = {"diverged_or_nan": 0, "nonpositive_hp": 0}
     runs: dict = defaultdict(lambda: defaultdict(list))
     for r in table.rows:
-        v = _number(r[table.metric])
+        v = number(r[table.metric])
         ok = r["status"] == "completed" and math.isfinite(v)
         dropped["diverged_or_nan"] += not ok
-        if _number(r[hp]) <= 0:
+        if number(r[hp]) <= 0:
             dropped["nonpositive_hp"] += ok
             continue
-        w = _number(r[axis])
+        w = number(r[axis])
         runs[tuple(r.get(k) for k in keys)][int(w) if w.is_integer() else w].append(
-            (math.log2(_number(r[hp])), r.get("seed"), v if ok else math.nan))
+            (math.log2(number(r[hp])), r.get("seed"), v if ok else math.nan))
     cells: dict = {}
     for panel, by_axis in runs.items():
         cells[panel] = {}
@@ -215,118 +146,6 @@ def _cells(table: RunTable, hp: str, axis: str, keys: list[str]) -> tuple[dict, 
             loss = np.where(count > 0, total / np.maximum(count, 1), np.nan)
             cells[panel][w] = Cell(np.array(xs), seeds, loss, count)
     return cells, dropped
-
-
-# --- fitting ------------------------------------------------------------------------------------------------------
-def _weighted_means(weights: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """(B, S) seed multiplicities x (S, X) losses -> (B, X) means over the finite entries (NaN where none)."""
-    finite = np.isfinite(loss)
-    total = weights @ np.where(finite, loss, 0.0)
-    count = weights @ finite.astype(float)
-    return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
-
-
-def _fit_rows(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Vectorised over the rows of y (B, X): drop NaN and > 1.2x min points, least-squares parabola, fallback."""
-    finite = np.isfinite(y)
-    has = finite.any(1)
-    ymin = np.where(finite, y, np.inf).min(1)
-    # The lowest points only (REFERENCE.md section 5): within 1.2x of the minimum AND within WINDOW grid points of
-    # it. Loss vs log2 LR is asymmetric (steep on the high side), so a parabola through the whole 1.2x band put
-    # its vertex loss below every observed point in the transfer sweep of docs/transfer.md.
-    near = np.abs(np.arange(len(x))[None, :] - np.where(finite, y, np.inf).argmin(1)[:, None]) <= WINDOW
-    keep = finite & (y <= MAX_RATIO * ymin[:, None]) & near
-    n = keep.sum(1)
-    x0 = x.mean()
-    xc = x - x0  # centred for a well-conditioned normal equation
-    basis = np.stack([xc**2, xc, np.ones_like(xc)], 1)  # (X, 3)
-    gram = np.einsum("bx,xi,xj->bij", keep.astype(float), basis, basis)
-    rhs = np.einsum("bx,xi->bi", np.where(keep, y, 0.0), basis)
-    cen = np.full((len(y), 3), np.nan)
-    solvable = n >= 3
-    if solvable.any():
-        cen[solvable] = np.linalg.solve(gram[solvable], rhs[solvable][..., None])[..., 0]
-    a, b, c = cen.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        vertex = x0 - b / (2 * a)
-        vertex_loss = c - b * b / (4 * a)
-    i = np.where(keep, y, np.inf).argmin(1)
-    lo, hi = np.where(keep, x, np.inf).min(1), np.where(keep, x, -np.inf).max(1)
-    at_edge = (x[i] == lo) | (x[i] == hi)
-    convex = solvable & (a > 0)
-    inside = convex & (vertex >= lo) & (vertex <= hi)
-    good = inside & ~at_edge
-    xopt = np.where(has, np.where(good, vertex, x[i]), np.nan)
-    lopt = np.where(has, np.where(good, vertex_loss, y[np.arange(len(y)), i]), np.nan)
-    coef = np.stack([a, b - 2 * a * x0, a * x0 * x0 - b * x0 + c], 1)  # back to uncentred x
-    return dict(xopt=xopt, lopt=lopt, edge=has & ~good, has=has, keep=keep, n=n, lo=lo, hi=hi, i=i,
-                at_edge=at_edge, convex=convex, inside=inside, vertex=vertex, coef=coef)
-
-
-def fit_optimum(x: np.ndarray, loss: np.ndarray) -> Fit:
-    """Locates log2 eta* on one curve (x = log2 hp ascending, loss = mean over seeds, NaN = no finite run)."""
-    x, loss = np.asarray(x, float), np.asarray(loss, float)
-    f = {k: v[0] for k, v in _fit_rows(x, loss[None]).items()}
-    coef = tuple(float(c) for c in f["coef"]) if f["convex"] else None
-    fit_range = (float(f["lo"]), float(f["hi"])) if f["has"] else None
-    if not f["has"]:
-        return Fit(math.nan, math.nan, True, None, None, "no finite completed run")
-    reason = None
-    if f["edge"]:
-        xm = x[f["i"]]
-        if f["n"] < 3:
-            reason = f"only {f['n']} points within {MAX_RATIO}x of the minimum (a parabola needs 3)"
-        elif f["at_edge"] and xm in (x[0], x[-1]):
-            side = "lowest" if xm == x[0] else "highest"
-            reason = f"the minimum is at the {side} grid value (log2 = {xm:g}): extend the grid"
-        elif f["at_edge"]:
-            side = "lower" if xm == f["lo"] else "higher"
-            reason = (f"the minimum (log2 = {xm:g}) has no kept neighbour on its {side} side "
-                      f"(diverged or above {MAX_RATIO}x the minimum)")
-        elif not f["convex"]:
-            reason = "the parabola through the points is concave"
-        else:
-            reason = f"the parabola vertex (log2 = {f['vertex']:.3g}) lies outside the fitted points"
-        reason += "; using the observed minimum"
-    return Fit(float(f["xopt"]), float(f["lopt"]), bool(f["edge"]), coef, fit_range, reason)
-
-
-def bootstrap_ci(cell: Cell, n_boot: int, rng: np.random.Generator) -> tuple[float, float] | None:
-    """95% percentile CI of log2 eta*, resampling the seed set (same resample across the whole hp grid)."""
-    s = len(cell.seeds)
-    if n_boot <= 0 or s < 2:
-        return None
-    weights = rng.multinomial(s, np.full(s, 1.0 / s), size=n_boot).astype(float)
-    xopt = _fit_rows(cell.x, _weighted_means(weights, cell.loss))["xopt"]
-    xopt = xopt[np.isfinite(xopt)]
-    return (float(np.percentile(xopt, 2.5)), float(np.percentile(xopt, 97.5))) if len(xopt) else None
-
-
-def _loss_at(cell: Cell, fit: Fit, x: float) -> float | None:
-    """Loss of this width at log2 hp = x: observed on the grid, else its parabola, else linear interpolation."""
-    means = cell.means()
-    on_grid = np.abs(cell.x - x) < ON_GRID
-    if on_grid.any():
-        v = means[on_grid][0]
-        return float(v) if np.isfinite(v) else None
-    if fit.coef is not None and fit.fit_range[0] <= x <= fit.fit_range[1]:
-        return fit.predict(x)
-    finite = np.isfinite(means)
-    if finite.sum() >= 2 and cell.x[finite][0] <= x <= cell.x[finite][-1]:
-        return float(np.interp(x, cell.x[finite], means[finite]))
-    return None
-
-
-def _why_missing(cell: Cell, x: float) -> str:
-    """Why a width has no loss at x: its runs there diverged, or x is off its grid."""
-    means = cell.means()
-    finite = np.isfinite(means)
-    if not finite.any():
-        return "no finite run at this width"
-    if any(abs(g - x) < ON_GRID or (g > x > cell.x[finite][-1]) or (g < x < cell.x[finite][0])
-           for g in cell.x[~finite]):
-        return "the runs there diverged (it does not transfer)"
-    return "it lies off this width's grid"
 
 
 # --- the analysis -------------------------------------------------------------------------------------------------
@@ -365,10 +184,10 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
             if w == base:
                 penalty[j] = 0.0
                 continue
-            at = _loss_at(cells[w], fits[w], fits[base].log2_opt)
+            at = loss_at(cells[w], fits[w], fits[base].log2_opt)
             if at is None or not math.isfinite(fits[w].loss_opt):
                 warnings.append(f"{_name(axis, w)}: no loss at the base optimum (log2 = {fits[base].log2_opt:.3g}):"
-                                f" {_why_missing(cells[w], fits[base].log2_opt)}")
+                                f" {why_missing(cells[w], fits[base].log2_opt)}")
             else:
                 penalty[j] = at / fits[w].loss_opt - 1.0
     known = [p for p in penalty if p is not None]
@@ -382,27 +201,17 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
     transfers = (drift is not None and slope is not None and max_penalty is not None
                  and None not in penalty and drift <= th.drift and abs(slope) <= th.slope
                  and max_penalty <= th.penalty)
-    return {"widths": widths, "log2_opt": [fits[w].log2_opt for w in widths], "log2_opt_ci": cis,
-            "loss_opt": [fits[w].loss_opt for w in widths], "edge": [fits[w].edge for w in widths],
+    return {"widths": widths, "log2_opt": [_found(fits[w].log2_opt) for w in widths], "log2_opt_ci": cis,
+            "loss_opt": [_found(fits[w].loss_opt) for w in widths], "edge": [fits[w].edge for w in widths],
             "n_seeds": [len(cells[w].seeds) for w in widths], "drift": drift, "slope": slope,
             "base_width": ok[0] if ok else None, "penalty": penalty, "max_penalty": max_penalty,
             "wider_is_better": wider, "monotone_fraction": monotone, "transfers": bool(transfers),
             "warnings": warnings}
 
 
-def _jsonable(v: Any) -> Any:
-    """Plain JSON: numpy scalars to Python, tuples to lists, NaN/inf to null, integral axis values to ints."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | np.ndarray):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.bool_ | bool):
-        return bool(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(v) else None
-    return v
+def _found(v: float) -> float | None:
+    """An optimum, None where an axis value has none (no finite completed run): the result's missing number."""
+    return v if math.isfinite(v) else None
 
 
 def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d_model", bootstrap: int = 1000,
@@ -413,7 +222,7 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
                           "and --axis the scaled dimension (e.g. model.d_model)")
     _check_key(table, hp, "hp")
     _check_key(table, axis, "axis")
-    if any(_number(r[axis]) <= 0 for r in table.rows):
+    if any(number(r[axis]) <= 0 for r in table.rows):
         raise ConfigError(f"--axis {axis}: needs positive values (its log2 is the abscissa of the slope)")
     keys, tied = find_panel_keys(table, hp, axis)
     cells, dropped = _cells(table, hp, axis, keys)
@@ -430,7 +239,7 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
     n_dropped = {"diverged_or_nan": dropped["diverged_or_nan"], "above_1.2x_min": n_above,
                  "unfinished": len(table.unfinished), "nonpositive_hp": dropped["nonpositive_hp"]}
     n_runs = len(table.rows) + len(table.unfinished)
-    return _jsonable({"hp": hp, "axis": axis, "metric": table.metric, "panel_keys": keys, "tied_keys": tied,
+    return jsonable({"hp": hp, "axis": axis, "metric": table.metric, "panel_keys": keys, "tied_keys": tied,
                       "n_runs": n_runs, "n_used": n_runs - sum(n_dropped.values()), "n_dropped": n_dropped,
                       "thresholds": asdict(thresholds), "bootstrap": bootstrap, "panels": panels})
 

@@ -23,6 +23,7 @@ import yaml
 from testbed.analysis.design import fmt_width
 
 from testbed import config as C
+from testbed import runstore
 
 Log = Callable[[str], None]
 EXTRA_RUNGS = (1.5, 2.0, 3.0)  # default candidate widths beyond the sweep's widest, as multiples of it
@@ -82,7 +83,7 @@ def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = Non
     from testbed import shapes as S
 
     base_row = rows.loc[rows["N"].idxmax()]
-    base = C.to_dict(C.load(Path(base_row["run_dir"]) / "config.yaml"))
+    base = C.to_dict(C.load(runstore.RunDir(base_row["run_dir"]).config_path))
     fam = _ladder_family(rows)
     min_steps = int(rows["steps"].min()) if rows["steps"].notna().all() else 1
     lo = float(rows["C"].min())
@@ -246,7 +247,8 @@ def format_text(r: dict) -> str:
 
 
 def jsonable(r: dict) -> dict:
-    return {**r, "proposals": [{k: v for k, v in p.items() if k != "cfg"} for p in r["proposals"]]}
+    """The plan as --json prints it: runstore.jsonable of it, each proposal without its Config object."""
+    return runstore.jsonable({**r, "proposals": [{k: v for k, v in p.items() if k != "cfg"} for p in r["proposals"]]})
 
 
 # --- progressive mode -----------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from testbed import config as C
+from testbed.runstore import dumps
+from testbed.sweepdir import SweepDir
 
 # The base model and training recipe (muP, LR tuned at width 32 on this data: docs/transfer.md), shared by sizes.
 RECIPE = {
@@ -87,7 +89,7 @@ def _write_spec(path: Path, spec: dict) -> None:
 
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(dumps(obj, indent=1))
     os.replace(tmp, path)
 
 
@@ -98,11 +100,8 @@ def _run_ids(spec_path: Path) -> list[str]:
 
 
 def _all_done(sweep_dir: Path, ids: list[str]) -> bool:
-    for rid in ids:
-        f = sweep_dir / rid / "summary.json"
-        if not f.is_file() or json.loads(f.read_text()).get("status") != "completed":
-            return False
-    return True
+    sweep = SweepDir(sweep_dir)
+    return all((sweep.run(rid).read_summary() or {}).get("status") == "completed" for rid in ids)
 
 
 def _train(spec_path: Path, sweep_dir: Path, workers: int | None, log: Log) -> dict:
@@ -190,7 +189,6 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
 
     from testbed.analysis import load as LD
     from testbed.analysis import plotkinds as PK
-    from testbed.analysis import report as R
 
     t0 = time.perf_counter()
     boot = SIZES[size]["bootstrap"]
@@ -240,7 +238,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     phases["total_s"] = time.perf_counter() - t_start
     summary["phases"] = {k: round(v, 1) for k, v in phases.items()}
     summary["report"] = str(out / "report" / "index.html")
-    _write_json(summary_path, R.jsonable(summary))
+    _write_json(summary_path, summary)
     return summary
 
 

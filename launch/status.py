@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from testbed.launch import claims, runner
 
 from testbed import config as C
 from testbed.runstore import RunDir
+from testbed.sweepdir import SweepDir
 
 ORDER = ("pending", "running", "incomplete", "completed", "diverged", "failed")
-
-
-def _run_ids(sweep_dir: Path) -> dict[str, str]:
-    """Run ids and names: every run in manifest.json, plus any run directory not listed there."""
-    names: dict[str, str] = {}
-    manifest = sweep_dir / "manifest.json"
-    if manifest.exists():
-        for rid, entry in json.loads(manifest.read_text()).get("runs", {}).items():
-            names[rid] = entry.get("name", "")
-    for d in sorted(sweep_dir.iterdir()):
-        if d.is_dir() and (d / "config.yaml").exists():
-            names.setdefault(d.name, "")
-    return names
 
 
 def run_row(run_dir: Path, name: str = "") -> dict:
@@ -32,10 +19,10 @@ def run_row(run_dir: Path, name: str = "") -> dict:
     row: dict = {"run_id": run_dir.name, "name": name, "status": runner.run_status(run_dir)}
     if row["status"] == "running":
         row["holder"] = claims.holder(run_dir)
-    if not rd.config_path.exists():
+    if not rd.has_config:
         return row
     summary = rd.read_summary() or {}
-    last = _last_row(rd.metrics_path)
+    last = rd.last_metrics()
     try:
         row["steps_total"] = rd.load_config().total_steps
     except (C.ConfigError, OSError):
@@ -49,28 +36,12 @@ def run_row(run_dir: Path, name: str = "") -> dict:
     return row
 
 
-def _last_row(metrics_path: Path) -> dict:
-    """The last complete metrics line, read from the file's tail (logs of long runs are large)."""
-    if not metrics_path.exists():
-        return {}
-    with open(metrics_path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - 65536))
-        lines = f.read().splitlines()
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return {}
-
-
 def sweep_status(sweep_dir: str | Path) -> dict:
     """{'sweep_dir', 'counts': {status: n}, 'runs': [row, ...]} for every run the directory knows."""
     d = Path(sweep_dir)
     if not d.is_dir():
         raise C.ConfigError(f"sweep directory {str(d)!r} does not exist; pass the --out of a testbed sweep")
-    rows = [run_row(d / rid, name) for rid, name in _run_ids(d).items()]
+    rows = [run_row(d / rid, name) for rid, name in SweepDir(d).run_names().items()]
     counts = {s: 0 for s in ORDER}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import json
 import math
 import re
 import sys
@@ -46,7 +45,8 @@ import yaml
 from testbed.launch import designs
 
 from testbed import config as C
-from testbed.runstore import RunDir, atomic_write_text
+from testbed.runstore import RunDir
+from testbed.sweepdir import SweepDir
 
 SPEC_KEYS = ("base", "config", "set", "grid", "zip", "design", "name", "description", "resources")
 DONE = ("completed", "diverged")
@@ -378,14 +378,9 @@ def format_table(rows: list[dict]) -> str:
 def write_sweep_files(spec: dict, runs: list[Run], out_dir: Path, source: str) -> None:
     """sweep.yaml (this sweep, resolved) and manifest.json (the union of every sweep's runs in out_dir)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "sweep.yaml", f"# resolved from {source}\n" + yaml.safe_dump(spec, sort_keys=False))
-    path = out_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    entries = manifest.get("runs", {})
-    for r in runs:
-        entries.setdefault(r.run_id, {"name": r.name, "varied": r.varied})
-    manifest["runs"] = entries
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    sweep = SweepDir(out_dir)
+    sweep.write_spec(f"# resolved from {source}\n" + yaml.safe_dump(spec, sort_keys=False))
+    sweep.add_to_manifest((r.run_id, {"name": r.name, "varied": r.varied}) for r in runs)
 
 
 # --- running -------------------------------------------------------------------------------------------------
@@ -420,7 +415,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
     resources = spec.get("resources", {}).get(backend, {})
     backends.check(backend, resources)
     for r in runs:  # a directory holding another config is an error before anything trains
-        if (out / r.run_id / "config.yaml").exists():
+        if RunDir(out / r.run_id).has_config:
             RunDir(out / r.run_id).check_or_write_config(r.cfg)
     write_sweep_files(spec, runs, out, str(sweep_path))
 

@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 
 from testbed import checkpoints, schedules
-from testbed.config import Config, ConfigError, from_dict, identity
-from testbed.runstore import RunDir, _diff
+from testbed.config import Config, ConfigError, identity
+from testbed.runstore import RunDir, config_diff
 
 # May differ between parent and child: how long, how often to log/evaluate/checkpoint, and the schedule's shape
 # (checked numerically up to the branch step instead).
@@ -52,14 +52,14 @@ def check_parent(cfg: Config, run_path: str | Path) -> RunDir:
     """The parent run, checked: same computation up to branch_step, and a checkpoint there. ConfigError if not."""
     parent, s = RunDir(parent_dir(cfg, run_path)), cfg.train.branch_step
     where = f"train.branch_from {cfg.train.branch_from!r} ({parent.path})"
-    if not parent.config_path.is_file():
+    if not parent.has_config:
         raise ConfigError(f"{where}: no run directory with a config.yaml there; branch_from is the parent's run "
                             "directory, relative to this run's folder (in a sweep directory: the parent's run id)")
     try:
-        pcfg = from_dict(yaml.safe_load(parent.config_path.read_text()))
+        pcfg = parent.load_config()
     except (ConfigError, yaml.YAMLError) as e:
         raise ConfigError(f"{where}: its config.yaml cannot be read ({e})") from None
-    diff = _diff(_comparable(pcfg), _comparable(cfg))
+    diff = config_diff(_comparable(pcfg), _comparable(cfg))
     if diff:
         raise ConfigError(f"{where}: the parent computes something else ({diff}); a branch may differ only in "
                             f"{', '.join(FREE_KEYS)}")

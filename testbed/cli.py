@@ -77,7 +77,7 @@ def cmd_train_pack(args) -> int:
     from testbed.runstore import RunDir
 
     dirs = [Path(d) for d in args.run_dirs]
-    missing = [str(d) for d in dirs if not (d / "config.yaml").is_file()]
+    missing = [str(d) for d in dirs if not RunDir(d).has_config]
     if missing:
         raise C.ConfigError(f"train-pack: {missing[0]} has no config.yaml; each RUN_DIR must hold its resolved "
                             "config (testbed sweep writes them)")
