@@ -30,7 +30,6 @@ Nothing here imports jax: runs train in `python -m testbed.cli train` subprocess
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -46,6 +45,7 @@ import yaml
 from testbed.launch import designs
 
 from testbed import config as C
+from testbed.config import run_id
 from testbed.runstore import RunDir, atomic_write_text
 
 SPEC_KEYS = ("base", "config", "set", "grid", "zip", "design", "name", "description", "resources")
@@ -210,10 +210,6 @@ def _put(raw: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise C.ConfigError(f"{key}: '{'.'.join(parts[:i + 1])}' is not a section")
     node[parts[-1]] = value
-
-
-def run_id(cfg: C.Config) -> str:
-    return hashlib.sha256(C.identity_yaml(cfg).encode()).hexdigest()[:12]  # placement (train.mesh) left out
 
 
 def fmt(v: Any) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,10 +21,9 @@ def _load(args) -> C.Config:
 
 
 def default_run_dir(cfg: C.Config, config_path: str | None) -> Path:
-    """runs/<config name>-<hash of the resolved config>: the same command resumes the same run (on any mesh)."""
-    digest = hashlib.sha256(C.identity_yaml(cfg).encode()).hexdigest()[:8]
+    """runs/<config name>-<run id of the resolved config>: the same command resumes the same run (on any mesh)."""
     stem = Path(config_path).stem if config_path else "default"
-    return Path("runs") / f"{stem}-{digest}"
+    return Path("runs") / f"{stem}-{C.run_id(cfg)}"
 
 
 def cmd_train(args) -> int:
