@@ -111,7 +111,7 @@ def test_status_shows_running_incomplete_and_pending(tmp_path, cli):
     a, b, _ = (out / r.run_id for r in runs)
     p = _holder_proc(a)
     b.mkdir(parents=True)
-    (b / "config.yaml").write_text(sweep.C.dump_yaml(runs[1].cfg))
+    (b / "config.yaml").write_text(sweep.config.dump_yaml(runs[1].cfg))
     (b / "metrics.jsonl").write_text(json.dumps({"step": 2, "train_loss": 3.5, "wall_s": 1.0}) + "\n")
     try:
         assert runner.run_status(a) == "running"
