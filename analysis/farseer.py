@@ -83,7 +83,7 @@ def starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_farseer(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F.FitResult:
     """Farseer through analysis/fit.py (Huber on log residuals, damped Newton) from the data-built starts."""
-    F._check_points(LAW, np.asarray(X, np.float64), np.asarray(y, np.float64))
+    F.check_points(LAW, np.asarray(X, np.float64), np.asarray(y, np.float64))
     res = F.fit(LAW, X, y, bootstrap=bootstrap, seed=seed, starts=starts(X, y),
                 polish_iters=POLISH_ITERS, boot_iters=BOOT_ITERS)
     d = res.diagnostics

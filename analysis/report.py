@@ -108,7 +108,7 @@ def _steplaw(data, columns, filter, bootstrap, seed) -> tuple[dict, dict]:
         kw = {"lr_col": "lr", "bs_col": "bs", "n_col": "N", **({"seq_len": "seq_len"} if "seq_len" in rows.columns
                                                                  else {})}
     out = hplaws.fit_steplaw(rows, bootstrap=bootstrap, seed=seed, **kw)
-    table = hplaws._table(rows, kw["n_col"], kw["lr_col"], kw["bs_col"], "loss", kw.get("seq_len"))[0]
+    table = hplaws.steplaw_table(rows, kw["n_col"], kw["lr_col"], kw["bs_col"], "loss", kw.get("seq_len"))[0]
     return {**out, "excluded": excluded}, {"kind": "steplaw", "table": table}
 
 

@@ -74,7 +74,7 @@ def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "l
     seed_mask = g["C"] <= budgets[seed_budgets - 1]
     cand = candidates(g["N"], g["C"])
     law = lambda N, D: q["E"] + q["A"] / N ** q["alpha"] + q["B"] / D ** q["beta"]  # noqa: E731
-    starts, rng = SIM._coarse_starts(q), np.random.default_rng(seed)
+    starts, rng = SIM.coarse_starts(q), np.random.default_rng(seed)
     grid_flops = float(g["C"].sum())
     truth = DS.target_value(DS.raw_vector({"e": np.log(q["E"]), "a": np.log(q["A"]), "b": np.log(q["B"]),
                                            "alpha": q["alpha"], "beta": q["beta"]}), target, flops)

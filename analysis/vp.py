@@ -52,7 +52,7 @@ def _raw(ab: np.ndarray, coef: np.ndarray) -> dict[str, float]:
 def fit_vp(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F.FitResult:
     """The variable-projection fit, with percentile CIs from refits of resampled points (from the optimum)."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    F._check_points(LAW, X, y)
+    F.check_points(LAW, X, y)
     logN, logD = np.log(X[:, 0]), np.log(X[:, 1])
     t0 = time.perf_counter()
     ab, coef, obj, edge = _solve(logN, logD, y, np.ones_like(y), None)

@@ -208,12 +208,13 @@ def cmd_simulate(args) -> int:
     from testbed.analysis import report, simulate
 
     params = simulate.parse_params(args.law, args.params)
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     if args.design == "plan":
         from testbed.analysis import simplan
 
         out = simplan.compare(params, args.noise, args.grid, target=args.target, target_flops=args.target_flops,
                               k=args.k, repeats=args.repeats or 10, bootstrap=args.bootstrap, seed=args.seed,
-                              log=simulate._stderr)
+                              log=log)
         if args.plot:
             simplan.plot(out, args.plot)
         print(json.dumps(report.jsonable(out)) if args.json else simplan.format_text(out))
@@ -221,9 +222,16 @@ def cmd_simulate(args) -> int:
     out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset,
                             repeats=args.repeats or 100,
                             bootstrap=args.bootstrap, methods=tuple(m for m in args.methods.split(",") if m.strip()),
-                            target_flops=args.target_flops, seed=args.seed, log=simulate._stderr)
+                            target_flops=args.target_flops, seed=args.seed, log=log,
+                            read_sweep=_read_sweep)
     print(json.dumps(report.jsonable(out)) if args.json else simulate.format_text(out))
     return 0
+
+
+def _read_sweep(path: Path) -> list[dict]:
+    from testbed.launch import sweep
+
+    return sweep.describe(sweep.expand(path))
 
 
 def cmd_plan(args) -> int:
