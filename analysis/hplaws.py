@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import load as LD
+from testbed.analysis import load
 
 from testbed.config import ConfigError
 
@@ -52,14 +52,14 @@ def predict(params: dict[str, float], N, D) -> tuple[np.ndarray, np.ndarray]:
 def steplaw_table(df: pd.DataFrame, n_col: str, lr_col: str, bs_col: str, loss_col: str,
            seq_len: float | str | None) -> tuple[pd.DataFrame, dict[str, int]]:
     """Usable runs with columns N, D, lr, B (tokens), loss; exclusions counted by reason."""
-    rows, excluded = LD.usable(df) if "ok" in df.columns else (df, dict.fromkeys(LD.REASONS, 0))
+    rows, excluded = load.usable(df) if "ok" in df.columns else (df, dict.fromkeys(load.REASONS, 0))
     need = {n_col: ("parameter count", "n_col"), "D": ("tokens", None), lr_col: ("learning rate", "lr_col"),
             bs_col: ("batch size", "bs_col"), loss_col: ("final loss", "loss_col")}
     if isinstance(seq_len, str):
         need[seq_len] = ("sequence length", "seq_len")
     for col, (what, arg) in need.items():
         if col not in rows.columns:
-            how = (f"map one with --columns {col}=COLUMN" if col in LD.MAPPABLE else "")
+            how = (f"map one with --columns {col}=COLUMN" if col in load.MAPPABLE else "")
             how += (" or " if how and arg else "") + (f"name the column with {arg}=..." if arg else "")
             raise ConfigError(f"fit steplaw: the data has no {col!r} column ({what}); {how} (its columns: "
                               f"{', '.join(map(str, rows.columns))})")

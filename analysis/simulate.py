@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import fit as F
-from testbed.analysis import isoflop as ISO
-from testbed.analysis import laws
+from testbed.analysis import fit, isoflop, laws
 
 from testbed.config import ConfigError
 
@@ -127,7 +125,7 @@ def design_points(spec: str, q: dict[str, float], offset: float = 1.0,
     N = np.array([r["params_total"] for r in rows], np.float64)
     D = np.array([r["tokens"] for r in rows], np.float64)
     exact = np.array([r["flops"] for r in rows], np.float64)
-    labels = ISO.group(exact, 0.05)  # budgets by exact FLOPs; each labelled by its mean 6ND so the truth matches
+    labels = isoflop.group(exact, 0.05)  # budgets by exact FLOPs; each labelled by its mean 6ND so the truth matches
     C = np.array([np.exp(np.log(6 * N[labels == g] * D[labels == g]).mean()) for g in labels])
     return {"kind": "sweep", "spec": spec, "offset": 1.0, "N": N, "D": D, "C": C}
 
@@ -148,7 +146,7 @@ def _at_target(p: dict, target: float) -> dict[str, Any]:
 def _fit_chinchilla(method: str, X, y, bootstrap: int, seed: int, starts, target: float) -> dict[str, Any]:
     """Estimates and CIs of alpha, beta, E, a, N_opt and loss at the target, and whether the fit converged."""
     if method == "chinchilla":
-        r = F.fit(laws.CHINCHILLA, X, y, bootstrap=bootstrap, seed=seed, starts=starts)
+        r = fit.fit(laws.CHINCHILLA, X, y, bootstrap=bootstrap, seed=seed, starts=starts)
     else:
         from testbed.analysis.vp import fit_vp
 
@@ -164,7 +162,7 @@ def _fit_chinchilla(method: str, X, y, bootstrap: int, seed: int, starts, target
 
 def _fit_isoflop(N, D, C, y, bootstrap: int, seed: int, target: float) -> dict[str, Any]:
     """Approach 2 by analysis/isoflop.py; the CI of N_opt at the target from the same within-budget resampling."""
-    r = ISO.isoflop_fit(pd.DataFrame({"N": N, "D": D, "C": C, "loss": y}))
+    r = isoflop.isoflop_fit(pd.DataFrame({"N": N, "D": D, "C": C, "loss": y}))
     p = r["params"]
     est = {"a": p["a"], "N_opt": p["k_N"] * target ** p["a"]}
     ci = {}
@@ -176,13 +174,13 @@ def _fit_isoflop(N, D, C, y, bootstrap: int, seed: int, target: float) -> dict[s
             for g in groups:
                 s = rng.choice(g, size=len(g), replace=True)
                 try:
-                    bd = ISO.budget(float(C[g[0]]), N[s], D[s], y[s])
+                    bd = isoflop.budget(float(C[g[0]]), N[s], D[s], y[s])
                 except (ArithmeticError, np.linalg.LinAlgError):  # a degenerate resample: no vertex
                     continue
                 if bd["used"]:
                     got.append((bd["C"], bd["N_opt"]))
             if len(got) >= 2:
-                a, kN = ISO.power(*map(np.array, zip(*got, strict=True)))
+                a, kN = isoflop.power(*map(np.array, zip(*got, strict=True)))
                 samples.append((a, kN * target ** a))
         if samples:
             s = np.array(samples)
@@ -226,9 +224,9 @@ def simulate(law: str, params: dict[str, float], noise: str, design: str, *, off
     N, D, C = d["N"], d["D"], d["C"]
     if "isoflop" in methods:
         per = [np.unique(N[C == c]).size for c in np.unique(C)]
-        if sum(n >= ISO.MIN_DISTINCT for n in per) < 2:
+        if sum(n >= isoflop.MIN_DISTINCT for n in per) < 2:
             raise ConfigError(f"--methods isoflop: the design has {len(per)} budgets with {per} distinct sizes; "
-                              f"Approach 2 needs >= 2 budgets with >= {ISO.MIN_DISTINCT} sizes each (drop isoflop "
+                              f"Approach 2 needs >= 2 budgets with >= {isoflop.MIN_DISTINCT} sizes each (drop isoflop "
                               "from --methods or use an isoflop design)")
     target = float(target_flops) if target_flops else 10 * float(C.max())
     if not target > 0:

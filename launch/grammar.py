@@ -1,5 +1,5 @@
 """The sweep file's value grammar, shared by launch/sweep.py and launch/designs.py: numbers written as YAML strings,
-axes (a list of values or a log2 range), dotted-key mappings."""
+axes (a list of values or a log2 range), dotted-key mappings, the per-backend resources block."""
 
 from __future__ import annotations
 
@@ -88,3 +88,13 @@ def check_disjoint(groups: dict[str, list[str]], where: str) -> None:
                     raise ConfigError(f"{where}: key '{key}' is in both {og} and {group}; a key may appear "
                                       "in only one of set, grid, zip")
             seen[key] = group
+
+
+def resources(spec: dict, where: str) -> dict:
+    """`resources: {slurm: {...submitit parameters}, ray: {...}}`: per-backend settings, checked by name."""
+    res = mapping(spec, "resources", where)
+    for k, v in res.items():
+        if k not in ("local", "slurm", "ray") or not isinstance(v, dict):
+            raise ConfigError(f"{where}: resources.{k}: expected resources.slurm or resources.ray mappings "
+                              "(e.g. resources: {slurm: {timeout_min: 120, gpus_per_node: 1}})")
+    return res

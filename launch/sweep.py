@@ -18,11 +18,11 @@ A sweep file (YAML)::
       widths: [32, 64, 128]
 
 Each run is base + set + one grid point (+ one zip row) (+ one design point), resolved and validated by
-testbed.config; its id is the first 12 hex digits of the sha256 of the resolved config's YAML (testbed.config's
-identity), so identical configs are one run. A sweep
-directory holds `<run_id>/` run directories (the `testbed train` layout, plus `train.log`), `sweep.yaml` (the
-latest sweep, resolved: base inlined, ranges expanded, so `expand(SWEEP_DIR/sweep.yaml)` gives the same runs)
-and `manifest.json` (every run ever added to the directory, with the keys and values that define it).
+testbed.config; its id is testbed.config.run_id (12 hex digits of the sha256 of the resolved config's identity
+YAML), so identical configs are one run. A sweep directory holds `<run_id>/` run directories (the `testbed train`
+layout, plus `train.log`), `sweep.yaml` (the latest sweep, resolved: base inlined, ranges expanded, so
+`expand(SWEEP_DIR/sweep.yaml)` gives the same runs) and `manifest.json` (every run ever added to the directory,
+with the keys and values that define it).
 
 Nothing here imports jax: runs train in `python -m testbed.launch.cli train` subprocesses.
 """
@@ -113,18 +113,8 @@ def load_spec(path: str | Path) -> dict:
     for k in ("name", "description"):
         if k in spec:
             out[k] = spec[k]
-    out["resources"] = _resources(spec, where)
+    out["resources"] = grammar.resources(spec, where)
     return out
-
-
-def _resources(spec: dict, where: str) -> dict:
-    """`resources: {slurm: {...submitit parameters}, ray: {...}}`: per-backend settings, checked by name."""
-    res = grammar.mapping(spec, "resources", where)
-    for k, v in res.items():
-        if k not in ("local", "slurm", "ray") or not isinstance(v, dict):
-            raise ConfigError(f"{where}: resources.{k}: expected resources.slurm or resources.ray mappings "
-                              "(e.g. resources: {slurm: {timeout_min: 120, gpus_per_node: 1}})")
-    return res
 
 
 # --- expansion ---------------------------------------------------------------------------------------------
@@ -294,6 +284,15 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *body])
+
+
+def format_dry_run(rows: list[dict], flops_per_s: float) -> str:
+    """The dry run's last line: runs, done, training FLOPs and the estimated time of what is left."""
+    flops = sum(r["flops_trained"] for r in rows)
+    est = fmt_seconds(sum(r["est_s"] for r in rows if r["status"] not in DONE))
+    return (f"{len(rows)} runs, {sum(r['status'] in DONE for r in rows)} done, {flops:.3g} training FLOPs in all; "
+            f"est. time {est} on one worker = {RUN_OVERHEAD_S:.0f}s per run + FLOPs / {flops_per_s:.3g} FLOP/s "
+            "(--flops-per-s) (dry run: nothing written)")
 
 
 # --- the sweep directory -----------------------------------------------------------------------------------
