@@ -25,7 +25,7 @@ MIN_DISTINCT = 3  # distinct N a parabola needs
 OFF_CENTRE = 0.25  # a vertex at position < 0.25 or > 0.75 of the sampled log10 N range is flagged off-centre
 LOW_R2 = 0.8  # a parabola explaining less than this is flagged (grid too wide for a parabola, or noise)
 MIN_CURVE = 3  # finite eval_loss points per run for metric=None to pick eval_loss
-REPORT_C = (1e18, 1e20, 1e22, 1e24)  # as analysis/report.py: budgets at which allocations are reported
+REPORT_C = (1e18, 1e20, 1e22, 1e24)  # as analysis/pointfit.py: budgets at which allocations are reported
 ISO_FORMULA = ("N_opt = k_N * C^a, D_opt = k_D * C^b; N_opt, D_opt: vertices of loss-vs-log10 N and "
                "loss-vs-log10 D parabolas per isoFLOP budget")
 ENV_FORMULA = "N_opt = k_N * C^a (lowest loss over runs at C = 6 N D), D_opt = C / (6 N_opt): b = 1 - a"

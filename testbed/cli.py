@@ -189,11 +189,11 @@ def _emit(args, out: dict, plot, text) -> int:
 
 
 def cmd_fit(args) -> int:
-    from testbed.analysis import load, report
+    from testbed.analysis import load, registry
 
-    out, objs = report.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
-                           bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
-    return _emit(args, out, lambda path: report.plot(objs, out, path), report.format_text)
+    out, objs = registry.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
+                             bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
+    return _emit(args, out, lambda path: registry.plot(objs, out, path), registry.get(args.law).format)
 
 
 def cmd_compare(args) -> int:
