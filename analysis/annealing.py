@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
-from testbed.analysis import fit as F
+from testbed.analysis import fit
 from testbed.analysis.laws import Law
 
 from testbed.config import ConfigError
@@ -80,9 +80,9 @@ def _starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
                                                              (-1.0, 0.0, 1.0), (0.0, 0.5, 2.0))])
 
 
-def _fit(X: np.ndarray, y: np.ndarray) -> F.FitResult:
+def _fit(X: np.ndarray, y: np.ndarray) -> fit.FitResult:
     """fit.fit from starts scaled to the data (the generic grid does not know a loss's scale)."""
-    return F.fit(ANNEALING, X, y, starts=_starts(X, y))
+    return fit.fit(ANNEALING, X, y, starts=_starts(X, y))
 
 
 def _warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:
@@ -207,6 +207,7 @@ def plot_annealing(result: dict, curves_df: pd.DataFrame, held: Iterable[str], p
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from testbed.analysis import plots
 
     p, metric = result["params"], result["diagnostics"].get("metric", "train_loss")
     held = set(map(str, held))
@@ -227,5 +228,5 @@ def plot_annealing(result: dict, curves_df: pd.DataFrame, held: Iterable[str], p
     ax.legend(fontsize=7)
     ax_lr.set(xlabel="step", ylabel="LR")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    plots.save(fig, path)
     plt.close(fig)

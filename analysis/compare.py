@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from testbed.analysis import laws
-from testbed.analysis import report as R
+from testbed.analysis import laws, plots, registry
 
 from testbed.config import ConfigError
 
@@ -46,7 +45,7 @@ def compare(a: str | Path, b: str | Path, law: str = "chinchilla", bootstrap: in
         raise ConfigError(f"--bootstrap: compare needs >= 20 resamples for its intervals, got {bootstrap}")
     fits, spans = {}, []
     for name, data, s in (("a", a, seed), ("b", b, seed + 1)):
-        out, objs = R.run(law, data, columns=columns, filter=filter, bootstrap=bootstrap, seed=s)
+        out, objs = registry.run(law, data, columns=columns, filter=filter, bootstrap=bootstrap, seed=s)
         fits[name] = (out, objs["result"])
         rows = objs["fit_rows"]
         c6 = 6 * rows["N"].to_numpy(float) * rows["D"].to_numpy(float)
@@ -136,5 +135,5 @@ def plot(curves: dict, out: dict, path: str | Path) -> None:
     for axis in (ax, ax2):  # the compute both sweeps measured; outside it the curves are extrapolations
         axis.axvspan(*curves["range"], color="grey", alpha=0.1, lw=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    plots.save(fig, path)
     plt.close(fig)

@@ -85,10 +85,10 @@ def target_grad(theta: np.ndarray, target: str, flops: float, h: float = 1e-6) -
 
 def residual_sigma(theta: np.ndarray, N, D, loss) -> float:
     """The log-loss residual scale of the fit (n - 5 degrees of freedom), floored at SIGMA_FLOOR."""
-    from testbed.analysis import fit as F
+    from testbed.analysis import fit
 
     r = np.log(np.asarray(loss, np.float64)) - np.log(
-        F.predict(laws.CHINCHILLA, dict(zip(laws.CHINCHILLA.raw, theta, strict=True)), np.stack([N, D], 1)))
+        fit.predict(laws.CHINCHILLA, dict(zip(laws.CHINCHILLA.raw, theta, strict=True)), np.stack([N, D], 1)))
     dof = max(len(r) - 5, 1)
     return max(float(np.sqrt(np.sum(r ** 2) / dof)), SIGMA_FLOOR)
 

@@ -18,8 +18,7 @@ import itertools
 
 import jax.numpy as jnp
 import numpy as np
-from testbed.analysis import fit as F
-from testbed.analysis import laws
+from testbed.analysis import fit, laws
 
 N_UNIT = 1e9  # the optimizer's N is N / N_UNIT (reported parameters are for N in parameters)
 # nine parameters, a flat valley: on Epoch's points 200 polishing steps stop at |grad| 6e-4, 1000 reach 1e-13;
@@ -69,7 +68,7 @@ def data_exponent(params: dict[str, float], N: np.ndarray | float) -> np.ndarray
 
 def starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """[S, 9] raw starts: the Chinchilla fit mapped onto Farseer, with the N-dependences spread around it."""
-    q = F.fit(laws.CHINCHILLA, X, y).params
+    q = fit.fit(laws.CHINCHILLA, X, y).params
     n_ref = float(np.exp(np.median(np.log(X[:, 0] / N_UNIT))))
     rows = []
     for a1, al, a2, be, gs in itertools.product(*SPREAD.values()):
@@ -81,11 +80,11 @@ def starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(rows, np.float64)
 
 
-def fit_farseer(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F.FitResult:
+def fit_farseer(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> fit.FitResult:
     """Farseer through analysis/fit.py (Huber on log residuals, damped Newton) from the data-built starts."""
-    F._check_points(LAW, np.asarray(X, np.float64), np.asarray(y, np.float64))
-    res = F.fit(LAW, X, y, bootstrap=bootstrap, seed=seed, starts=starts(X, y),
-                polish_iters=POLISH_ITERS, boot_iters=BOOT_ITERS)
+    fit.check_points(LAW, np.asarray(X, np.float64), np.asarray(y, np.float64))
+    res = fit.fit(LAW, X, y, bootstrap=bootstrap, seed=seed, starts=starts(X, y),
+                  polish_iters=POLISH_ITERS, boot_iters=BOOT_ITERS)
     d = res.diagnostics
     d["starts_from"] = "the Chinchilla fit, N-dependences spread around it"
     # b1, b2, b3 start at one value each (from Chinchilla): moving off it is not a grid edge

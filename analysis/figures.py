@@ -1,103 +1,31 @@
 """Publication figures for scaling-law work: each public function takes data and an output path, writes the figure
-in the format the suffix names (.png at 150 dpi, .svg with editable text, .pdf with TrueType fonts), creating parent
-directories, and returns the Path. Object API with the Agg canvas only, so pyplot's global backend is never touched.
+in the format the suffix names (.png at analysis/plots.py's dpi, .svg with editable text, .pdf with TrueType fonts),
+creating parent directories, and returns the Path. Object API with the Agg canvas only (analysis/plots.py's style
+and canvas), so pyplot's global backend is never touched.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PatchCollection
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
+from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
-from testbed.analysis import laws
+from matplotlib.ticker import FuncFormatter, PercentFormatter
+from testbed.analysis import laws, plots
 
 from testbed.config import ConfigError
 
-# --- shared style -------------------------------------------------------------------------------------------------
-STYLE = {"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
-         "legend.fontsize": 7.5, "legend.framealpha": 0.85, "axes.spines.top": False, "axes.spines.right": False,
-         "lines.linewidth": 1.3, "svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
-GRID_ALPHA = 0.3
-N_CMAP = "viridis"
-N_LABEL = "N (parameters)"
-LOSS_LABEL = "loss (nats/token)"
-COMPUTE_LABEL = "compute C = 6ND (FLOPs)"
-FORMATS = (".png", ".svg", ".pdf")
 LANDSCAPE_CLIP = 0.03  # lr_landscape's colour scale ends at 3% above the cell's best loss
 
 
-def _styled(fn):
-    """Draw under STYLE (rc_context: restored afterwards, backend untouched)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kw):
-        with matplotlib.rc_context(STYLE):
-            return fn(*args, **kw)
-    return wrapper
-
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.2, 3.8)):
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes:
-        ax.grid(alpha=GRID_ALPHA, lw=0.5)
-        ax.grid(alpha=GRID_ALPHA / 3, lw=0.4, which="minor")
-    return fig, axes
-
-
-def _save(fig: Figure, out: str | Path) -> Path:
-    out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise ConfigError(f"--plot {out}: unknown figure format {out.suffix!r}; use {', '.join(FORMATS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    return out
-
-
-def _n_norm(N) -> LogNorm:
-    """LogNorm over the model sizes (widened when there is only one)."""
-    N = np.asarray(N, np.float64)
-    N = N[np.isfinite(N) & (N > 0)]
-    lo, hi = (N.min(), N.max()) if N.size else (1.0, 10.0)
-    return LogNorm(lo / 1.5, hi * 1.5) if lo == hi else LogNorm(lo, hi)
-
-
-def _n_colorbar(fig: Figure, ax, norm: LogNorm) -> None:
-    fig.colorbar(ScalarMappable(norm=norm, cmap=N_CMAP), ax=ax, label=N_LABEL, pad=0.02)
-
-
-def _si(x: float) -> str:
-    """2.1e8 -> '215M', 1e11 -> '100B' (parameter and token counts in titles)."""
-    for div, s in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{s}"
-    return f"{x:.3g}"
-
-
-class _LossLocator(LogLocator):
-    """Loss axes are log but rarely a decade wide: plain 'nice' ticks (2.5, 3, 3.5) there, 1-2-5 per decade beyond."""
-
-    def tick_values(self, vmin, vmax):
-        if 0 < vmin < vmax < 10 * vmin:
-            return MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
-        return super().tick_values(vmin, vmax)
-
-
-def _loglog(ax, xlabel: str, ylabel: str = LOSS_LABEL) -> None:
-    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
-    ax.yaxis.set_major_locator(_LossLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+def _save(fig, out) -> Path:
+    return plots.save(fig, plots.check_format(out))
 
 
 # --- 1. training curves and the compute-optimal frontier ----------------------------------------------------------
@@ -133,16 +61,16 @@ def _envelope(pts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.minimum.accumulate(best)
 
 
-@_styled
+@plots.styled
 def loss_curves(cur: pd.DataFrame, out) -> Path:
     """Training curves vs tokens and vs compute with the compute-optimal frontier (Chinchilla Fig. 2 left, Kaplan
     Fig. 1): the frontier is where a larger model starts to beat every smaller one at equal FLOPs."""
     pts = _curve_points(cur)
     if pts.empty:
         raise ConfigError("loss_curves: no logged steps with a finite loss in the usable runs")
-    norm = _n_norm(pts["N"])
-    cmap = matplotlib.colormaps[N_CMAP]
-    fig, (ax_t, ax_c) = _figure(1, 2, (10.0, 3.9))
+    norm = plots.n_norm(pts["N"])
+    cmap = matplotlib.colormaps[plots.N_CMAP]
+    fig, (ax_t, ax_c) = plots.new_figure(1, 2, (10.0, 3.9))
     for _, g in pts.groupby("run_id", sort=False):
         color = cmap(norm(g["N"].iloc[0])) if np.isfinite(g["N"].iloc[0]) else "C0"
         g = g.sort_values("tokens")
@@ -153,12 +81,12 @@ def loss_curves(cur: pd.DataFrame, out) -> Path:
         keep = np.unique(np.searchsorted(C, np.geomspace(C[0], C[-1], 600)).clip(0, len(C) - 1))  # thin for SVG
         ax_c.plot(C[keep], L[keep], color="k", lw=2.6, label="compute-optimal frontier (lower envelope)", zorder=5)
         ax_c.legend(loc="upper right")
-    _loglog(ax_t, "tokens seen D")
-    _loglog(ax_c, "compute (FLOPs)")
+    plots.loglog(ax_t, "tokens seen D")
+    plots.loglog(ax_c, "compute (FLOPs)")
     ax_t.set_title("(a) loss vs tokens")
     ax_c.set_title("(b) loss vs compute")
     if np.isfinite(pts["N"]).any():
-        _n_colorbar(fig, [ax_t, ax_c], norm)
+        plots.n_colorbar(fig, [ax_t, ax_c], norm)
     return _save(fig, out)
 
 
@@ -186,35 +114,35 @@ def _compute(rows: pd.DataFrame) -> np.ndarray:
     return rows["C_6ND" if "C_6ND" in rows.columns else "C"].to_numpy(np.float64)
 
 
-@_styled
+@plots.styled
 def loss_vs_compute(rows: pd.DataFrame, res, out, extrapolate: float = 100.0) -> Path:
     """Final loss vs 6ND with the fitted compute-optimal loss L*(C) and its bootstrap band, extrapolated past the
     data (Chinchilla Fig. A5 / Kaplan Fig. 13 style: how far the law is being asked to reach)."""
     C, loss, N = _compute(rows), rows["loss"].to_numpy(np.float64), rows["N"].to_numpy(np.float64)
     p = _chinchilla_params(res.params)
     grid = np.geomspace(C.min() / 3, C.max() * extrapolate, 240)
-    norm = _n_norm(N)
-    fig, (ax,) = _figure(size=(5.8, 4.0))
+    norm = plots.n_norm(N)
+    fig, (ax,) = plots.new_figure(size=(5.8, 4.0))
     band = _band(res, grid)
     if band is not None:
         ax.fill_between(grid, *band, color="C3", alpha=0.18, lw=0, label="95% bootstrap band")
     a = laws.chinchilla_derived(p)["a"]
     ax.plot(grid, laws.chinchilla_optimum(p, grid)["loss"], color="C3", lw=1.8,
             label=f"fitted L*(C) (N_opt ∝ C^{a:.3f})")
-    ax.scatter(C, loss, c=N, cmap=N_CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.3, zorder=4,
+    ax.scatter(C, loss, c=N, cmap=plots.N_CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.3, zorder=4,
                label="runs (final loss)")
     ax.axvline(C.max(), color="0.3", ls=":", lw=1.2)
     ax.text(C.max() * 1.15, 0.97, "extrapolation →", transform=ax.get_xaxis_transform(), va="top", fontsize=7.5,
             color="0.3")
-    _loglog(ax, COMPUTE_LABEL)
+    plots.loglog(ax, plots.COMPUTE_LABEL)
     ax.set_title(f"compute-optimal loss, {len(C)} runs")
     ax.legend(loc="lower left")
-    _n_colorbar(fig, ax, norm)
+    plots.n_colorbar(fig, ax, norm)
     return _save(fig, out)
 
 
 # --- 3. IsoLoss contours and the efficient frontier ---------------------------------------------------------------
-@_styled
+@plots.styled
 def chinchilla_contour(res_params: dict, out, rows: pd.DataFrame | None = None, c_range=None) -> Path:
     """IsoLoss contours of L(N, D = C/6N) over compute and model size with the efficient frontier N_opt(C), the
     curve through each contour's tangent point (Chinchilla Fig. 4)."""
@@ -234,7 +162,7 @@ def chinchilla_contour(res_params: dict, out, rows: pd.DataFrame | None = None, 
     zf = np.log10(front["loss"] - p["E"])
     levels = np.linspace(zf.min(), zf.max() + 0.5, 17)
     as_loss = FuncFormatter(lambda z, _pos=None: f"{p['E'] + 10 ** z:.2f}")
-    fig, (ax,) = _figure(size=(5.8, 4.3))
+    fig, (ax,) = plots.new_figure(size=(5.8, 4.3))
     cs = ax.contourf(CC, NN, Z, levels=levels, cmap="magma", extend="both", alpha=0.9)
     lines = ax.contour(CC, NN, Z, levels=levels[1::3], colors="w", linewidths=0.5, alpha=0.8,
                        linestyles="solid")
@@ -244,11 +172,12 @@ def chinchilla_contour(res_params: dict, out, rows: pd.DataFrame | None = None, 
     if rows is not None:
         ax.scatter(Cr, rows["N"], s=14, facecolors="w", edgecolors="k", linewidths=0.5, zorder=4,
                    label=f"runs ({len(rows)})")
-    ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=N_LABEL, xlim=(lo, hi), ylim=(n_lo, n_hi))
+    ax.set(xscale="log", yscale="log", xlabel=plots.COMPUTE_LABEL, ylabel=plots.N_LABEL, xlim=(lo, hi),
+           ylim=(n_lo, n_hi))
     ax.set_title(f"IsoLoss contours of the fitted L(N, D) (levels log-spaced above E = {p['E']:.3g})")
     ax.grid(False, which="both")
     ax.legend(loc="upper left")
-    fig.colorbar(cs, ax=ax, label=f"predicted {LOSS_LABEL}", pad=0.02, format=as_loss, ticks=levels[::2])
+    fig.colorbar(cs, ax=ax, label=f"predicted {plots.LOSS_LABEL}", pad=0.02, format=as_loss, ticks=levels[::2])
     return _save(fig, out)
 
 
@@ -296,7 +225,7 @@ def _tile_patches(v: dict, mask: np.ndarray) -> list[Rectangle]:
             for a, b, c, d in zip(x0[mask], x1[mask], y0[mask], y1[mask], strict=True)]
 
 
-@_styled
+@plots.styled
 def lr_landscape(table: pd.DataFrame, out, params: dict | None = None, max_cells: int = 6,
                  band: float = 0.0025) -> Path:
     """Final loss over (log2 lr, log2 batch) per (N, D) cell with the best run, the near-optimal band the fit keeps
@@ -307,7 +236,7 @@ def lr_landscape(table: pd.DataFrame, out, params: dict | None = None, max_cells
     cells = _select_cells(table, max_cells)
     ncols = min(3, len(cells))
     nrows = -(-len(cells) // ncols)
-    fig, axes = _figure(nrows, ncols, (3.4 * ncols + 0.8, 3.0 * nrows + 0.5))
+    fig, axes = plots.new_figure(nrows, ncols, (3.4 * ncols + 0.8, 3.0 * nrows + 0.5))
     norm, cmap = Normalize(0, LANDSCAPE_CLIP), "viridis_r"
     for ax, cell in zip(axes, cells.itertuples(), strict=False):
         v = _cell_view(table[(table["N"] == cell.N) & (table["D"] == cell.D)], band)
@@ -320,7 +249,7 @@ def lr_landscape(table: pd.DataFrame, out, params: dict | None = None, max_cells
             ax.scatter(np.log2(lr_o), np.log2(B_o), marker="X", s=120, color="w", edgecolors="k", lw=0.9,
                        zorder=5, clip_on=False)
         ax.scatter(*v["best"], marker="*", s=170, color="C3", edgecolors="w", lw=0.6, zorder=6)
-        ax.set_title(f"N={_si(cell.N)}, D={_si(cell.D)} ({cell.runs} runs)", fontsize=8.5)
+        ax.set_title(f"N={plots.si(cell.N)}, D={plots.si(cell.D)} ({cell.runs} runs)", fontsize=8.5)
         ax.set(xlabel="log2 learning rate", ylabel="log2 batch (tokens)")
         ax.grid(False, which="both")
     for ax in axes[len(cells):]:
@@ -340,11 +269,11 @@ def _rel(points: list[dict]) -> np.ndarray:
     return np.array([p["rel_error"] if "rel_error" in p else (p["pred"] - p["loss"]) / p["loss"] for p in points])
 
 
-@_styled
+@plots.styled
 def holdout_scatter(points_fit: list[dict] | None, points_held: list[dict], out, title: str = "") -> Path:
     """Predicted vs observed loss for held-out runs (fitted ones grey) against y = x and ±1%: the extrapolation
     check scaling-law papers report as a relative error (e.g. Farseer, Epoch's Chinchilla replication)."""
-    fig, (ax,) = _figure(size=(4.6, 4.4))
+    fig, (ax,) = plots.new_figure(size=(4.6, 4.4))
     allp = list(points_fit or []) + list(points_held)
     obs = np.array([p["loss"] for p in allp])
     pred = np.array([p["pred"] for p in allp])
@@ -362,7 +291,8 @@ def holdout_scatter(points_fit: list[dict] | None, points_held: list[dict], out,
     ax.scatter(ho, hp, s=34, color="C3", edgecolors="k", lw=0.5, label=f"held out ({len(points_held)})", zorder=4)
     for o, pr, r in zip(ho, hp, rel, strict=True):
         ax.annotate(f"{r:+.2%}", (o, pr), xytext=(4, -9), textcoords="offset points", fontsize=6.5, color="C3")
-    ax.set(xlim=xs, ylim=xs, aspect="equal", xlabel=f"observed {LOSS_LABEL}", ylabel=f"predicted {LOSS_LABEL}")
+    ax.set(xlim=xs, ylim=xs, aspect="equal", xlabel=f"observed {plots.LOSS_LABEL}",
+           ylabel=f"predicted {plots.LOSS_LABEL}")
     head = f"{title}: " if title else ""
     ax.set_title(f"{head}held-out mean |rel error| {np.mean(np.abs(rel)):.2%}")
     ax.legend(loc="upper left")
@@ -379,16 +309,15 @@ def _multipliers(rows: pd.DataFrame) -> np.ndarray:
 
 def _overtrain_loss(params: dict, C, M) -> np.ndarray:
     """L(C, M) through analysis/overtrain.py's law (its log-space predictor) from the fit's natural parameters."""
-    from testbed.analysis import fit as F
-    from testbed.analysis import overtrain as OT
+    from testbed.analysis import fit, overtrain
 
     raw = {"log_E": np.log(params["E"]), "log_a": np.log(params["a"]), "log_b": np.log(params["b"]),
            "eta": params["eta"]}
     C, M = np.broadcast_arrays(np.asarray(C, np.float64), np.asarray(M, np.float64))
-    return F.predict(OT.OVERTRAIN, raw, np.stack([C.ravel(), M.ravel()], 1)).reshape(C.shape)
+    return fit.predict(overtrain.OVERTRAIN, raw, np.stack([C.ravel(), M.ravel()], 1)).reshape(C.shape)
 
 
-@_styled
+@plots.styled
 def overtrain(rows: pd.DataFrame, fit_json: dict, out) -> Path:
     """Loss vs compute per token multiplier M = D/N with the fitted L(C, M) = E + (a M^η + b M^-η) C^-η (Gadre et
     al. 2024, Fig. 2): over-trained models follow parallel power laws shifted up from the compute-optimal one."""
@@ -398,7 +327,7 @@ def overtrain(rows: pd.DataFrame, fit_json: dict, out) -> Path:
     cmap = matplotlib.colormaps["plasma"]
     color = {m: cmap(0.85 * i / max(len(Ms) - 1, 1)) for i, m in enumerate(Ms)}
     grid = np.geomspace(C.min() / 2, C.max() * 2, 120)
-    fig, (ax,) = _figure(size=(5.8, 4.1))
+    fig, (ax,) = plots.new_figure(size=(5.8, 4.1))
     for m in Ms:
         sel = M == m
         ax.scatter(C[sel], rows["loss"].to_numpy()[sel], s=20, color=color[m], edgecolors="k", lw=0.3, zorder=4)
@@ -407,45 +336,45 @@ def overtrain(rows: pd.DataFrame, fit_json: dict, out) -> Path:
     if m_opt is not None and np.isfinite(m_opt):
         ax.plot(grid, _overtrain_loss(p, grid, m_opt), color="k", ls="--", lw=1.0,
                 label=f"M_opt = {m_opt:.3g} (compute-optimal)")
-    _loglog(ax, COMPUTE_LABEL)
+    plots.loglog(ax, plots.COMPUTE_LABEL)
     ax.set_title(f"over-training law: E={p['E']:.3g}, η={p['eta']:.3g} ({len(C)} runs)")
     ax.legend(title="tokens per parameter", loc="upper right", ncols=2 if len(Ms) > 6 else 1)
     return _save(fig, out)
 
 
-@_styled
+@plots.styled
 def downstream(rows: pd.DataFrame, fit_json: dict, out) -> Path:
     """Downstream top-1 error vs loss with the fitted Err(L) = ε - k exp(-γ L) (Gadre et al. 2024, Fig. 4): loss
     predicts downstream error, which rises to ε (about chance) as the loss grows."""
-    from testbed.analysis import overtrain as OT
+    from testbed.analysis import overtrain
 
     p = fit_json["params"]
     L, err = rows["loss"].to_numpy(np.float64), rows["err"].to_numpy(np.float64)
     span = L.max() - L.min()
     grid = np.linspace(max(L.min() - 0.15 * span, 1e-6), L.max() + 0.15 * span, 200)
-    fig, (ax,) = _figure(size=(5.4, 3.9))
+    fig, (ax,) = plots.new_figure(size=(5.4, 3.9))
     ax.axhline(p["eps"], color="0.4", ls=":", lw=1.0, label=f"ε = {p['eps']:.3g} (error at infinite loss)")
-    ax.plot(grid, OT.predict_error(p, grid), color="C3", lw=1.6,
+    ax.plot(grid, overtrain.predict_error(p, grid), color="C3", lw=1.6,
             label=f"Err = {p['eps']:.3g} − {p['k']:.3g} exp(−{p['gamma']:.3g} L)")
     if "N" in rows.columns and np.isfinite(rows["N"]).all():
-        norm = _n_norm(rows["N"])
-        ax.scatter(L, err, c=rows["N"], cmap=N_CMAP, norm=norm, s=22, edgecolors="k", lw=0.3, zorder=4,
+        norm = plots.n_norm(rows["N"])
+        ax.scatter(L, err, c=rows["N"], cmap=plots.N_CMAP, norm=norm, s=22, edgecolors="k", lw=0.3, zorder=4,
                    label="runs")
-        _n_colorbar(fig, ax, norm)
+        plots.n_colorbar(fig, ax, norm)
     else:
         ax.scatter(L, err, s=22, color="C0", edgecolors="k", lw=0.3, zorder=4, label="runs")
-    ax.set(xlabel=LOSS_LABEL, ylabel="downstream top-1 error")
+    ax.set(xlabel=plots.LOSS_LABEL, ylabel="downstream top-1 error")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_title(f"downstream error vs loss ({len(L)} runs)")
     ax.legend(loc="lower right")
     return _save(fig, out)
 
 
-@_styled
+@plots.styled
 def plan_history(hist: list[dict], out: str | Path) -> Path:
     """A progressive plan's rounds: the target's 95% interval width vs the sweep's compute, the width each round's
     plan predicted, and the threshold."""
-    fig, (ax,) = _figure(size=(5.6, 3.8))
+    fig, (ax,) = plots.new_figure(size=(5.6, 3.8))
     x = np.array([h["flops_in_sweep"] for h in hist])
     w = np.array([h["width"] for h in hist])
     ax.plot(x, w, "-o", color="C0", label="fit (bootstrap 95% width)")

@@ -109,7 +109,7 @@ def _newton(f, iters: int):
     return solve
 
 
-def _check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
+def check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
     """Degenerate input gets a ConfigError naming what is wrong."""
     if len(y) < law.needs():
         raise ConfigError(f"fit {law.name}: {len(y)} usable points; the law has {len(law.raw)} parameters and "
@@ -144,7 +144,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
     pad_to: append zero-weight copies of the first point up to this many rows, so fits of growing data (a
     progressive plan's rounds) reuse one compiled program instead of compiling per size (~10 s each)."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    _check_points(law, X, y)
+    check_points(law, X, y)
     starts = law.starts() if starts is None else np.asarray(starts, np.float64)
     n, pad = len(y), max(0, (pad_to or 0) - len(y))
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import load as LD
+from testbed.analysis import load
 
 from testbed.config import ConfigError
 
@@ -49,17 +49,17 @@ def predict(params: dict[str, float], N, D) -> tuple[np.ndarray, np.ndarray]:
     return params["a"] * N ** params["alpha"] * D ** params["beta"], params["c"] * D ** params["gamma"]
 
 
-def _table(df: pd.DataFrame, n_col: str, lr_col: str, bs_col: str, loss_col: str,
+def steplaw_table(df: pd.DataFrame, n_col: str, lr_col: str, bs_col: str, loss_col: str,
            seq_len: float | str | None) -> tuple[pd.DataFrame, dict[str, int]]:
     """Usable runs with columns N, D, lr, B (tokens), loss; exclusions counted by reason."""
-    rows, excluded = LD.usable(df) if "ok" in df.columns else (df, dict.fromkeys(LD.REASONS, 0))
+    rows, excluded = load.usable(df) if "ok" in df.columns else (df, dict.fromkeys(load.REASONS, 0))
     need = {n_col: ("parameter count", "n_col"), "D": ("tokens", None), lr_col: ("learning rate", "lr_col"),
             bs_col: ("batch size", "bs_col"), loss_col: ("final loss", "loss_col")}
     if isinstance(seq_len, str):
         need[seq_len] = ("sequence length", "seq_len")
     for col, (what, arg) in need.items():
         if col not in rows.columns:
-            how = (f"map one with --columns {col}=COLUMN" if col in LD.MAPPABLE else "")
+            how = (f"map one with --columns {col}=COLUMN" if col in load.MAPPABLE else "")
             how += (" or " if how and arg else "") + (f"name the column with {arg}=..." if arg else "")
             raise ConfigError(f"fit steplaw: the data has no {col!r} column ({what}); {how} (its columns: "
                               f"{', '.join(map(str, rows.columns))})")
@@ -118,7 +118,7 @@ def fit_steplaw(df: pd.DataFrame, *, lr_col: str = "lr", bs_col: str = "bs", los
     if not 0 < band < 1:
         raise ConfigError(f"fit steplaw: band={band} must be a relative loss tolerance in (0, 1), e.g. 0.0025")
     t0 = time.perf_counter()
-    t, excluded = _table(df, n_col, lr_col, bs_col, loss_col, seq_len)
+    t, excluded = steplaw_table(df, n_col, lr_col, bs_col, loss_col, seq_len)
     kept, cells = select_near_optimal(t, band)
     nN, nD = cells["N"].nunique() if len(cells) else 0, cells["D"].nunique() if len(cells) else 0
     if len(cells) < 3 or nN < 2 or nD < 2:

@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import load as LD
-from testbed.analysis import plotkinds as PK
-from testbed.analysis import report as R
+from testbed.analysis import load, plotkinds, report
 
 from testbed.config import ConfigError
 
@@ -119,7 +117,7 @@ def _warnings(fit: dict, kind: str) -> list[str]:
     return out  # runs excluded are the same for every fit: one warning at the top (build)
 
 
-def _section_html(s: PK.Section, svg: str | None) -> str:
+def _section_html(s: plotkinds.Section, svg: str | None) -> str:
     parts = [f"<h2 id='{s.kind}'>{html.escape(s.title)}</h2>"]
     if s.figure is not None:
         link = f" <a href='figures/{html.escape(svg)}'>SVG</a>" if svg else ""
@@ -132,37 +130,37 @@ def _section_html(s: PK.Section, svg: str | None) -> str:
             parts.append(f"<p><code>{html.escape(formula)}</code> ({_fmt(s.fit.get('n_points'))} points)</p>")
         parts.append(_params_table(s.fit))
         parts.append(_diagnostics(s.fit))
-        parts.append("<details><summary>full fit JSON</summary><pre>"
-                     + html.escape(json.dumps(R.jsonable(s.fit), indent=1, default=str)[:20000]) + "</pre></details>")
+        full = json.dumps(report.jsonable(s.fit), indent=1, default=str)[:20000]
+        parts.append(f"<details><summary>full fit JSON</summary><pre>{html.escape(full)}</pre></details>")
     return "\n".join(parts)
 
 
 def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, seed: int = 0,
           kinds: tuple[str, ...] = REPORT_KINDS, holdout: str | None = None, progress=print,
-          preface: str | None = None, fits: PK.Fits | None = None) -> dict:
+          preface: str | None = None, fits: plotkinds.Fits | None = None) -> dict:
     """Writes out_dir/index.html and out_dir/figures/; returns what was drawn and what was skipped (and why).
     preface: text shown first, verbatim (testbed quickstart's summary); fits: a Fits over sweep_dir whose memoized
     fits the figures reuse."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
-    unknown = [k for k in kinds if k not in PK.KINDS]
+    unknown = [k for k in kinds if k not in plotkinds.KINDS]
     if unknown:
-        raise ConfigError(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(PK.KINDS)}")
-    df = LD.load(sweep_dir)  # a ConfigError here (no run directories) stops before anything is written
-    _, excluded = LD.usable(df)
+        raise ConfigError(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(plotkinds.KINDS)}")
+    df = load.load(sweep_dir)  # a ConfigError here (no run directories) stops before anything is written
+    _, excluded = load.usable(df)
     work = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     (work / "figures").mkdir(parents=True)
-    fits = fits or PK.Fits(sweep_dir, bootstrap=bootstrap, seed=seed, holdout=holdout)
+    fits = fits or plotkinds.Fits(sweep_dir, bootstrap=bootstrap, seed=seed, holdout=holdout)
     sections, skipped, warnings, timings = [], {}, [], {}
     for kind in kinds:
         t0 = time.perf_counter()
         try:
-            s = PK.draw(kind, fits, work / "figures" / f"{kind}.png")
+            s = plotkinds.draw(kind, fits, work / "figures" / f"{kind}.png")
             svg = None
             try:  # the same figure as SVG (fits are memoized: this redraws, it does not refit)
-                svg = PK.draw(kind, fits, work / "figures" / f"{kind}.svg").figure.name
+                svg = plotkinds.draw(kind, fits, work / "figures" / f"{kind}.svg").figure.name
             except Exception:  # noqa: BLE001 - the PNG is the report's figure; a missing SVG costs a link
                 pass
             sections.append((s, svg))
@@ -175,12 +173,12 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
         timings[kind] = round(time.perf_counter() - t0, 2)
         progress(f"report: {kind} {'drawn' if kind not in skipped else 'skipped'} ({timings[kind]:.1f}s)")
     counts = df["status"].fillna("incomplete").value_counts().to_dict() if "status" in df.columns else {}
-    note = LD.describe_exclusions(excluded)
+    note = load.describe_exclusions(excluded)
     if note:
         warnings.insert(0, f"runs: {note}; every fit leaves them out")
     page = _page(sweep_dir, df, counts, sections, skipped, warnings, preface)
     (work / "index.html").write_text(page, encoding="utf-8")
-    (work / "report.json").write_text(json.dumps(R.jsonable({
+    (work / "report.json").write_text(json.dumps(report.jsonable({
         "sweep": str(sweep_dir), "runs": len(df), "status": counts, "excluded": excluded,
         "sections": {s.kind: {"figure": f"figures/{s.figure.name}" if s.figure else None, "fit": s.fit}
                      for s, _ in sections},
@@ -193,6 +191,13 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
     shutil.rmtree(old, ignore_errors=True)
     return {"index": str(out_dir / "index.html"), "drawn": [s.kind for s, _ in sections], "skipped": skipped,
             "warnings": warnings, "seconds": timings}
+
+
+def format_built(out: dict) -> str:
+    """`testbed report` as text: where the page is, how many figures, what did not apply, the warnings."""
+    skipped = ", ".join(out["skipped"]) or "none"
+    lines = [f"wrote {out['index']} ({len(out['drawn'])} figures; not applicable: {skipped})"]
+    return "\n".join(lines + [f"  WARNING {w}" for w in out["warnings"]])
 
 
 def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str],

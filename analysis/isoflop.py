@@ -25,7 +25,7 @@ MIN_DISTINCT = 3  # distinct N a parabola needs
 OFF_CENTRE = 0.25  # a vertex at position < 0.25 or > 0.75 of the sampled log10 N range is flagged off-centre
 LOW_R2 = 0.8  # a parabola explaining less than this is flagged (grid too wide for a parabola, or noise)
 MIN_CURVE = 3  # finite eval_loss points per run for metric=None to pick eval_loss
-REPORT_C = (1e18, 1e20, 1e22, 1e24)  # as analysis/report.py: budgets at which allocations are reported
+REPORT_C = (1e18, 1e20, 1e22, 1e24)  # as analysis/pointfit.py: budgets at which allocations are reported
 ISO_FORMULA = ("N_opt = k_N * C^a, D_opt = k_D * C^b; N_opt, D_opt: vertices of loss-vs-log10 N and "
                "loss-vs-log10 D parabolas per isoFLOP budget")
 ENV_FORMULA = "N_opt = k_N * C^a (lowest loss over runs at C = 6 N D), D_opt = C / (6 N_opt): b = 1 - a"
@@ -40,7 +40,7 @@ def _need(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
                           f"{', '.join(map(str, df.columns))}")
 
 
-def _group(c: np.ndarray, tol: float) -> np.ndarray:
+def group(c: np.ndarray, tol: float) -> np.ndarray:
     """Budget index per row: sorted compute values within tol (relative) of a group's smallest share it."""
     labels, k, start = np.empty(len(c), int), -1, None
     for i in np.argsort(c, kind="stable"):
@@ -63,7 +63,7 @@ def _parabola(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "rmse": float(np.sqrt(np.mean(res ** 2))), "position": float((xv - lo) / (hi - lo))}
 
 
-def _budget(c: float, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> dict[str, Any]:
+def budget(c: float, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> dict[str, Any]:
     """One isoFLOP budget's parabola vertices and flags; reason is None when the budget is usable."""
     out: dict[str, Any] = {"C": float(c), "n_points": int(len(N)), "n_distinct_N": int(np.unique(N).size),
                            "N_range": [float(N.min()), float(N.max())],
@@ -86,7 +86,7 @@ def _budget(c: float, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> dict[str, 
     return {**out, "used": reason is None, "reason": reason}
 
 
-def _power(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def power(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(exponent, prefactor) of y = k c^e by least squares in log10-log10."""
     e, logk = np.polyfit(np.log10(c), np.log10(y), 1)
     return float(e), float(10 ** logk)
@@ -123,10 +123,10 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
     x = df[["N", "D", "loss", budget_col]].to_numpy(np.float64)
     keep = np.all(np.isfinite(x) & (x > 0), axis=1)
     N, D, L, C = x[keep].T
-    labels = _group(C, budget_rel_tol) if len(C) else np.zeros(0, int)
+    labels = group(C, budget_rel_tol) if len(C) else np.zeros(0, int)
     groups = [np.flatnonzero(labels == k) for k in range(labels.max() + 1 if len(C) else 0)]
     cval = [float(np.exp(np.log(C[g]).mean())) for g in groups]  # geometric mean of the budget's compute values
-    budgets = [_budget(c, N[g], D[g], L[g]) for c, g in zip(cval, groups, strict=True)]
+    budgets = [budget(c, N[g], D[g], L[g]) for c, g in zip(cval, groups, strict=True)]
     used = [k for k, b in enumerate(budgets) if b["used"]]
     dropped = [{"C": b["C"], "reason": b["reason"]} for b in budgets if not b["used"]]
     if len(used) < 2:
@@ -137,8 +137,8 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
                           f"({why}). Each budget needs >= {MIN_DISTINCT} distinct N around its optimum (a looser "
                           "budget_rel_tol merges scattered compute values)")
     cu = np.array([budgets[k]["C"] for k in used])
-    a, kN = _power(cu, np.array([budgets[k]["N_opt"] for k in used]))
-    b, kD = _power(cu, np.array([budgets[k]["D_opt"] for k in used]))
+    a, kN = power(cu, np.array([budgets[k]["N_opt"] for k in used]))
+    b, kD = power(cu, np.array([budgets[k]["D_opt"] for k in used]))
     params = {"a": a, "k_N": kN, "b": b, "k_D": kD}
     fitted = [bd for bd in budgets if bd["n_distinct_N"] >= MIN_DISTINCT]
     diag: dict[str, Any] = {"converged": all(bd["used"] for bd in fitted), "budgets_used": len(used),
@@ -170,7 +170,7 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
             got = []
             for k in used:
                 r = rng.choice(groups[k], size=len(groups[k]), replace=True)
-                bd = _budget(budgets[k]["C"], N[r], D[r], L[r])
+                bd = budget(budgets[k]["C"], N[r], D[r], L[r])
                 if bd["used"]:
                     got.append((bd["C"], bd["N_opt"], bd["D_opt"]))
                     per_budget[k].append(bd["N_opt"])
@@ -178,7 +178,7 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
                 fails += 1
                 continue
             c, n, d = map(np.array, zip(*got, strict=True))
-            (sa, skN), (sb, skD) = _power(c, n), _power(c, d)
+            (sa, skN), (sb, skD) = power(c, n), power(c, d)
             samples.append({"a": sa, "k_N": skN, "b": sb, "k_D": skD})
         ci = _ci(samples) if samples else None
         for k, v in per_budget.items():
@@ -238,7 +238,7 @@ def _envelope_params(bins: list[dict]) -> dict[str, float]:
                           "smallest or largest covering that compute, won by "
                           f"{len({b['N_opt'] for b in used})} distinct N; need 2 bins won by 2 distinct N "
                           "(add model sizes around the optimum)")
-    a, kN = _power(np.array([b["C"] for b in used]), np.array([b["N_opt"] for b in used]))
+    a, kN = power(np.array([b["C"] for b in used]), np.array([b["N_opt"] for b in used]))
     return {"a": a, "k_N": kN, "b": 1 - a, "k_D": 1 / (6 * kN)}
 
 

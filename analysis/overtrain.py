@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.special import logsumexp
-from testbed.analysis import fit as F
-from testbed.analysis import load as LD
+from testbed.analysis import fit, load
 from testbed.analysis.laws import Law
 
 from testbed.config import ConfigError
@@ -103,8 +102,8 @@ DOWNSTREAM = Law(
 def _rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Usable rows (analysis/load.py's `ok` flag) when the table has one, else all rows."""
     if "ok" in df.columns:
-        return LD.usable(df)
-    return df.reset_index(drop=True), dict.fromkeys(LD.REASONS, 0)
+        return load.usable(df)
+    return df.reset_index(drop=True), dict.fromkeys(load.REASONS, 0)
 
 
 def _need(df: pd.DataFrame, law: str, cols: list[str], why: str) -> None:
@@ -131,29 +130,29 @@ def overtrain_inputs(df: pd.DataFrame, compute: str = "C_6ND") -> np.ndarray:
     return np.stack([C, M], 1)
 
 
-def result_json(res: F.FitResult, excluded: dict[str, int] | None = None) -> dict[str, Any]:
+def result_json(res: fit.FitResult, excluded: dict[str, int] | None = None) -> dict[str, Any]:
     """The `testbed fit` JSON for a FitResult (same keys as analysis/report.py's, less data/holdout)."""
     law = res.law
     keep = set(res.params) | set(res.derived)
     return {"law": law.name, "formula": law.formula, "params": res.params,
             "ci": {k: v for k, v in (res.ci or {}).items() if k in keep} or None,
             "derived": res.derived, "diagnostics": res.diagnostics, "n_points": res.n_points,
-            "excluded": excluded or dict.fromkeys(LD.REASONS, 0)}
+            "excluded": excluded or dict.fromkeys(load.REASONS, 0)}
 
 
 def fit_overtrain(df: pd.DataFrame, bootstrap: int = 0, *, seed: int = 0, compute: str = "C_6ND",
-                  return_result: bool = False) -> dict[str, Any] | tuple[dict[str, Any], F.FitResult]:
+                  return_result: bool = False) -> dict[str, Any] | tuple[dict[str, Any], fit.FitResult]:
     """Fits OVERTRAIN to the table's usable rows (columns N, D or M, loss); see overtrain_inputs for C."""
     rows, excluded = _rows(df)
     _need(rows, "overtrain", ["loss"], "the law's target")
     X = overtrain_inputs(rows, compute)
-    res = F.fit(OVERTRAIN, X, rows["loss"].to_numpy(np.float64), bootstrap=bootstrap, seed=seed)
+    res = fit.fit(OVERTRAIN, X, rows["loss"].to_numpy(np.float64), bootstrap=bootstrap, seed=seed)
     out = result_json(res, excluded)
     return (out, res) if return_result else out
 
 
 def fit_downstream(df: pd.DataFrame, bootstrap: int = 0, *, seed: int = 0, err_col: str = "err",
-                   return_result: bool = False) -> dict[str, Any] | tuple[dict[str, Any], F.FitResult]:
+                   return_result: bool = False) -> dict[str, Any] | tuple[dict[str, Any], fit.FitResult]:
     """Fits DOWNSTREAM: the error column `err_col` (a fraction in (0, 1), e.g. mean 1 - accuracy) against loss."""
     rows, excluded = _rows(df)
     _need(rows, "downstream", ["loss"], "the law's input")
@@ -165,7 +164,7 @@ def fit_downstream(df: pd.DataFrame, bootstrap: int = 0, *, seed: int = 0, err_c
     if np.any(~np.isfinite(err)) or np.any((err <= 0) | (err >= 1)):
         raise ConfigError(f"fit downstream: {err_col} must be an error rate strictly between 0 and 1 "
                           "(the fit is in log space); filter out the other rows")
-    res = F.fit(DOWNSTREAM, rows[["loss"]].to_numpy(np.float64), err, bootstrap=bootstrap, seed=seed)
+    res = fit.fit(DOWNSTREAM, rows[["loss"]].to_numpy(np.float64), err, bootstrap=bootstrap, seed=seed)
     out = result_json(res, excluded)
     return (out, res) if return_result else out
 

@@ -1,6 +1,6 @@
 """`testbed plot KIND DATA`: one paper-style figure from a sweep directory or a published table.
 
-Each kind loads what it needs, runs the fit it shows (through analysis/report.py, so the numbers match `testbed
+Each kind loads what it needs, runs the fit it shows (through analysis/registry.py, so the numbers match `testbed
 fit`), draws the figure (analysis/figures.py, or the fit's own figure) and returns a Section: the figure's path,
 the fit's JSON, and notes. `testbed report` (analysis/html.py) draws every kind that applies to a sweep through the
 same functions; a Fits object shares one fit between kinds (compute and contour both use the Chinchilla fit).
@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import load as LD
-from testbed.analysis import report as R
+from testbed.analysis import load, registry
 
 from testbed.config import ConfigError
 
@@ -32,7 +31,7 @@ class Section:
 
 @dataclass
 class Fits:
-    """One source with its options; memoizes report.run per (law, holdout) so kinds share fits."""
+    """One source with its options; memoizes registry.run per (law, holdout) so kinds share fits."""
     data: str | Path
     columns: dict[str, str] | None = None
     filter: str | None = None
@@ -45,8 +44,8 @@ class Fits:
         boot = self.bootstrap if bootstrap is None else bootstrap
         key = (law, holdout, boot)
         if key not in self._memo:
-            self._memo[key] = R.run(law, self.data, columns=self.columns, filter=self.filter, bootstrap=boot,
-                                    holdout=holdout, seed=self.seed)
+            self._memo[key] = registry.run(law, self.data, columns=self.columns, filter=self.filter,
+                                           bootstrap=boot, holdout=holdout, seed=self.seed)
         return self._memo[key]
 
     def default_holdout(self) -> str:
@@ -54,7 +53,7 @@ class Fits:
         (a whole compute level when runs share budgets)."""
         if self.holdout:
             return self.holdout
-        rows, _ = LD.usable(LD.load(self.data, columns=self.columns, filter=self.filter))
+        rows, _ = load.usable(load.load(self.data, columns=self.columns, filter=self.filter))
         if "C" not in rows.columns or rows["C"].isna().all():
             raise ConfigError("holdout: the data has no compute column C (map one with --columns, or pass --holdout)")
         c = np.sort(rows["C"].to_numpy(np.float64))[::-1]
@@ -80,7 +79,7 @@ def _law_points(res, rows: pd.DataFrame, law) -> list[dict]:
 def curves(fits: Fits, out: Path) -> Section:
     from testbed.analysis import figures
 
-    cur = LD.curves(fits.data, columns=fits.columns, filter=fits.filter)
+    cur = load.curves(fits.data, columns=fits.columns, filter=fits.filter)
     n_runs = int(cur["run_id"].nunique()) if "run_id" in cur.columns else 0
     path = figures.loss_curves(cur, _fig_path(out, "curves"))
     return Section("curves", "Loss curves and the compute-optimal frontier", path,
@@ -125,36 +124,36 @@ def _via_fit(kind: str, law: str, title: str, note: str = "") -> Callable[[Fits,
         js, objs = fits.run(law, bootstrap=0 if law == "annealing" else None)
         path = _fig_path(out, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        R.plot(objs, js, path)
+        registry.plot(objs, js, path)
         return Section(kind, title, path, js, [note] if note else [])
     draw.__doc__ = f"{title} (testbed fit {law} --plot)."
     return draw
 
 
 def transfer(fits: Fits, out: Path) -> Section:
-    from testbed.analysis import transfer as T
+    from testbed.analysis import transfer
 
     if not Path(fits.data).is_dir():
         raise ConfigError("transfer: needs a sweep directory (run directories over widths and learning rates)")
-    rows, _ = LD.usable(LD.load(fits.data))
+    rows, _ = load.usable(load.load(fits.data))
     hp, axis = "optim.lr", "model.d_model"
     swept = rows.groupby(axis)[hp].nunique() if {hp, axis} <= set(rows.columns) else pd.Series(dtype=int)
     if int((swept >= 3).sum()) < 2:
         raise ConfigError("transfer: needs runs at 3 or more learning rates for each of 2 or more widths "
                           "(a transfer design); this sweep has "
                           f"{int((swept >= 3).sum())} such width(s)")
-    table = T.load_runs(fits.data)
-    result = T.analyze_transfer(table, bootstrap=min(fits.bootstrap, 200), seed=fits.seed)
-    path = T.plot_transfer(result, table, _fig_path(out, "transfer"))
+    table = transfer.load_runs(fits.data)
+    result = transfer.analyze_transfer(table, bootstrap=min(fits.bootstrap, 200), seed=fits.seed)
+    path = transfer.plot_transfer(result, table, _fig_path(out, "transfer"))
     return Section("transfer", "Learning-rate transfer across width", path, result,
-                   [line for line in T.format_report(result).splitlines() if "verdict" in line.lower()][:4])
+                   [line for line in transfer.format_report(result).splitlines() if "verdict" in line.lower()][:4])
 
 
 def plan(fits: Fits, out: Path) -> Section:
     """The rounds of `testbed plan --progressive` (SWEEP_DIR/plan/history.jsonl)."""
     import json
 
-    from testbed.analysis import figures as FG
+    from testbed.analysis import figures
     from testbed.analysis.design import fmt_width
 
     path = Path(fits.data) / "plan" / "history.jsonl"
@@ -168,7 +167,7 @@ def plan(fits: Fits, out: Path) -> Section:
              + (f"; planned {len(h['proposals'])} runs ({h['planned_flops']:.3g} FLOPs) predicted to leave "
                 f"{fmt_width(h['predicted_width'], h['target'])}" if "proposals" in h else "")
              + (f"; stopped: {h['stop']}" if h.get("stop") else "") for h in hist]
-    return Section("plan", "Progressive plan: the target's interval per round", FG.plan_history(hist, out),
+    return Section("plan", "Progressive plan: the target's interval per round", figures.plan_history(hist, out),
                    notes=notes)
 
 
@@ -197,6 +196,16 @@ KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
     "plan": ("the target's interval width per round of testbed plan --progressive, with each plan's prediction",
              plan),
 }
+
+
+def summary(section: Section) -> dict:
+    """`testbed plot --json`: the figure's path, its notes and the fit behind it."""
+    return {"kind": section.kind, "figure": str(section.figure), "notes": section.notes, "fit": section.fit}
+
+
+def format_section(section: Section) -> str:
+    """`testbed plot` as text: the figure written, then its notes."""
+    return "\n".join([f"wrote {section.figure}", *(f"  {note}" for note in section.notes)])
 
 
 def draw(kind: str, fits: Fits, out: str | Path) -> Section:

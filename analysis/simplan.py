@@ -16,10 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from testbed.analysis import design as DS
-from testbed.analysis import fit as F
-from testbed.analysis import laws
-from testbed.analysis import simulate as SIM
+from testbed.analysis import design, fit, laws, plots, simulate
 
 from testbed.config import ConfigError
 
@@ -38,16 +35,16 @@ def candidates(N: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
     n, c = (a.ravel() for a in np.meshgrid(sizes, budgets))
     d = c / (6 * n)
     ratio = C / (6 * N ** 2)
-    keep = (d / n >= ratio.min() / DS.RATIO_MARGIN) & (d / n <= ratio.max() * DS.RATIO_MARGIN)
+    keep = (d / n >= ratio.min() / design.RATIO_MARGIN) & (d / n <= ratio.max() * design.RATIO_MARGIN)
     return {"N": n[keep], "D": d[keep], "C": c[keep]}
 
 
 def _fit_width(N, D, y, target: str, flops: float, bootstrap: int, seed: int, starts) -> tuple[Any, float, float]:
     """The fit, its 95% bootstrap interval width of the log target, and the point estimate."""
     pad = PAD if len(N) <= PAD else 2 * PAD
-    r = F.fit(laws.CHINCHILLA, np.stack([N, D], 1), y, bootstrap=bootstrap, seed=seed, starts=starts, pad_to=pad)
-    lo, hi = DS.boot_interval(r.boot_raw, target, flops) or (np.nan, np.nan)
-    return r, hi - lo, DS.target_value(DS.raw_vector(r.raw), target, flops)
+    r = fit.fit(laws.CHINCHILLA, np.stack([N, D], 1), y, bootstrap=bootstrap, seed=seed, starts=starts, pad_to=pad)
+    lo, hi = design.boot_interval(r.boot_raw, target, flops) or (np.nan, np.nan)
+    return r, hi - lo, design.target_value(design.raw_vector(r.raw), target, flops)
 
 
 def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "loss",
@@ -56,14 +53,14 @@ def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "l
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the comparison `repeats` times; per repeat the grid's width and compute, and the plan's rounds."""
     t0 = time.perf_counter()
-    q = SIM.parse_params("chinchilla", ",".join(f"{k_}={v}" for k_, v in params.items()))
-    kind, sigma = SIM.parse_noise(noise)
-    if target not in DS.TARGETS:
-        raise ConfigError(f"--target: unknown {target!r}; choose {' or '.join(DS.TARGETS)}")
+    q = simulate.parse_params("chinchilla", ",".join(f"{k_}={v}" for k_, v in params.items()))
+    kind, sigma = simulate.parse_noise(noise)
+    if target not in design.TARGETS:
+        raise ConfigError(f"--target: unknown {target!r}; choose {' or '.join(design.TARGETS)}")
     if not grid.startswith("isoflop:"):
         raise ConfigError(f"--grid: {grid!r} must be a built-in grid isoflop:C1,C2,...:K:SPAN (the uniform design "
                           "the plan is compared with), e.g. isoflop:1e18,1e19,1e20:7:1.5")
-    g = SIM.design_points(grid, q)
+    g = simulate.design_points(grid, q)
     budgets = np.unique(g["C"])
     if len(budgets) <= seed_budgets:
         raise ConfigError(f"--grid: {len(budgets)} budgets; the plan's seed takes the smallest {seed_budgets}, so the "
@@ -74,13 +71,13 @@ def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "l
     seed_mask = g["C"] <= budgets[seed_budgets - 1]
     cand = candidates(g["N"], g["C"])
     law = lambda N, D: q["E"] + q["A"] / N ** q["alpha"] + q["B"] / D ** q["beta"]  # noqa: E731
-    starts, rng = SIM._coarse_starts(q), np.random.default_rng(seed)
+    starts, rng = simulate.coarse_starts(q), np.random.default_rng(seed)
     grid_flops = float(g["C"].sum())
-    truth = DS.target_value(DS.raw_vector({"e": np.log(q["E"]), "a": np.log(q["A"]), "b": np.log(q["B"]),
-                                           "alpha": q["alpha"], "beta": q["beta"]}), target, flops)
+    truth = design.target_value(design.raw_vector({"e": np.log(q["E"]), "a": np.log(q["A"]), "b": np.log(q["B"]),
+                                                   "alpha": q["alpha"], "beta": q["beta"]}), target, flops)
     reps = []
     for i in range(repeats):
-        y_grid = SIM.draw(law(g["N"], g["D"]), g["N"], kind, sigma, rng)
+        y_grid = simulate.draw(law(g["N"], g["D"]), g["N"], kind, sigma, rng)
         _, w_grid, est_grid = _fit_width(g["N"], g["D"], y_grid, target, flops, bootstrap, i, starts)
         N, D, C = g["N"][seed_mask], g["D"][seed_mask], g["C"][seed_mask]
         y = y_grid[seed_mask]  # the seed runs are the grid's own smallest budgets, same draws
@@ -93,19 +90,19 @@ def compare(params: dict[str, float], noise: str, grid: str, *, target: str = "l
                 reached = spent
                 break
             left = grid_flops - spent
-            s = DS.state(r.raw, N, D, y, target, flops, r.boot_raw)
+            s = design.state(r.raw, N, D, y, target, flops, r.boot_raw)
             have = {(round(float(np.log(n)), 6), round(float(np.log(d)), 6)) for n, d in zip(N, D, strict=True)}
             fresh = np.array([(round(float(np.log(n)), 6), round(float(np.log(d)), 6)) not in have
                               for n, d in zip(cand["N"], cand["D"], strict=True)])
-            picks = DS.select(s, cand["N"][fresh], cand["D"][fresh], cand["C"][fresh], k,
-                              min(left, max(round_growth * spent, cand["C"].min())), stop_width=w_grid)
+            picks = design.select(s, cand["N"][fresh], cand["D"][fresh], cand["C"][fresh], k,
+                                  min(left, max(round_growth * spent, cand["C"].min())), stop_width=w_grid)
             if not picks:
                 break
             rounds[-1]["predicted_width"] = picks[-1]["width_after"]
             rounds[-1]["picks"] = [[p["N"], p["D"]] for p in picks]
             pN, pD = np.array([p["N"] for p in picks]), np.array([p["D"] for p in picks])
             N, D, C = np.r_[N, pN], np.r_[D, pD], np.r_[C, [p["flops"] for p in picks]]
-            y = np.r_[y, SIM.draw(law(pN, pD), pN, kind, sigma, rng)]
+            y = np.r_[y, simulate.draw(law(pN, pD), pN, kind, sigma, rng)]
         reps.append({"grid_width": w_grid, "grid_estimate": est_grid, "plan_rounds": rounds,
                      "plan_flops_to_reach": reached, "fraction": None if reached is None else reached / grid_flops})
         if log:
@@ -147,7 +144,7 @@ def plot(out: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=130)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     G = out["grid_flops"]
     for i, r in enumerate(out["runs"]):
         x = [p["flops"] / G for p in r["plan_rounds"]]
@@ -169,5 +166,5 @@ def plot(out: dict, path) -> None:
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
+    plots.save(fig, path)
     plt.close(fig)

@@ -12,7 +12,6 @@ and median CI width. Approach 2's parabola vertex is biased when the grid is off
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import fit as F
-from testbed.analysis import isoflop as ISO
-from testbed.analysis import laws
+from testbed.analysis import fit, isoflop, laws
 
 from testbed.config import ConfigError
 
@@ -36,6 +33,8 @@ EXAMPLE_PARAMS = "E=1.8,A=400,B=2000,alpha=0.34,beta=0.37"
 COARSE_GRID = {"e": (-1.0, 0.0, 1.0), "a": (0.0, 10.0, 20.0), "b": (0.0, 10.0, 20.0), "alpha": (0.0, 0.5, 1.0),
                "beta": (0.0, 0.5, 1.0)}
 SEED_POINT_FRACTION = 0.25  # seed:SIGMA: per-point noise on top of the per-size seed effect, as a fraction of SIGMA
+# a sweep file's runs as rows with params_total, tokens and flops (launch/sweep.py's describe(expand(path)))
+ReadSweep = Callable[[Path], list[dict[str, Any]]]
 
 
 def parse_params(law: str, text: str | None) -> dict[str, float]:
@@ -92,9 +91,11 @@ def draw(loss: np.ndarray, N: np.ndarray, kind: str, sigma: float, rng: np.rando
     return loss * np.exp(sigma * shared + SEED_POINT_FRACTION * sigma * z)
 
 
-def design_points(spec: str, q: dict[str, float], offset: float = 1.0) -> dict[str, Any]:
+def design_points(spec: str, q: dict[str, float], offset: float = 1.0,
+                  read_sweep: ReadSweep | None = None) -> dict[str, Any]:
     """N, D, budget C (6ND units) per point, from 'isoflop:C1,C2:K:SPAN' (K sizes over SPAN decades centred on
-    offset x the true N_opt(C)) or a sweep file (N = params_total, D = tokens, budgets grouped by exact FLOPs)."""
+    offset x the true N_opt(C)) or a sweep file (N = params_total, D = tokens, budgets grouped by exact FLOPs), whose
+    runs read_sweep gives."""
     if not offset > 0:
         raise ConfigError(f"--offset: must be > 0 (a factor on the true N_opt), got {offset}")
     if spec.startswith("isoflop:"):
@@ -117,19 +118,20 @@ def design_points(spec: str, q: dict[str, float], offset: float = 1.0) -> dict[s
     if not path.is_file():
         raise ConfigError(f"--design: no sweep file {spec!r}; pass a sweep YAML (e.g. configs/isoflop.yaml) or a "
                           "built-in grid isoflop:C1,C2,...:K:SPAN (e.g. isoflop:1e18,1e19,1e20:7:1.5)")
-    from testbed.launch import sweep
-
-    rows = sweep.describe(sweep.expand(path))
+    if read_sweep is None:
+        raise ConfigError(f"--design {spec!r}: a sweep file needs read_sweep (testbed simulate passes the sweep "
+                          "expansion of launch/sweep.py); or use a built-in grid isoflop:C1,C2,...:K:SPAN")
+    rows = read_sweep(path)
     N = np.array([r["params_total"] for r in rows], np.float64)
     D = np.array([r["tokens"] for r in rows], np.float64)
     exact = np.array([r["flops"] for r in rows], np.float64)
-    labels = ISO._group(exact, 0.05)  # budgets by exact FLOPs; each labelled by its mean 6ND so the truth matches
+    labels = isoflop.group(exact, 0.05)  # budgets by exact FLOPs; each labelled by its mean 6ND so the truth matches
     C = np.array([np.exp(np.log(6 * N[labels == g] * D[labels == g]).mean()) for g in labels])
     return {"kind": "sweep", "spec": spec, "offset": 1.0, "N": N, "D": D, "C": C}
 
 
-def _coarse_starts(q: dict[str, float]) -> np.ndarray:
-    """The true raw parameters first, then COARSE_GRID."""
+def coarse_starts(q: dict[str, float]) -> np.ndarray:
+    """Start values for a Chinchilla refit of simulated data: the true raw parameters first, then COARSE_GRID."""
     truth = [np.log(q["E"]), np.log(q["A"]), np.log(q["B"]), q["alpha"], q["beta"]]
     law = dataclasses.replace(laws.CHINCHILLA, grid=COARSE_GRID)
     return np.vstack([np.array(truth)[None, :], law.starts()])
@@ -144,7 +146,7 @@ def _at_target(p: dict, target: float) -> dict[str, Any]:
 def _fit_chinchilla(method: str, X, y, bootstrap: int, seed: int, starts, target: float) -> dict[str, Any]:
     """Estimates and CIs of alpha, beta, E, a, N_opt and loss at the target, and whether the fit converged."""
     if method == "chinchilla":
-        r = F.fit(laws.CHINCHILLA, X, y, bootstrap=bootstrap, seed=seed, starts=starts)
+        r = fit.fit(laws.CHINCHILLA, X, y, bootstrap=bootstrap, seed=seed, starts=starts)
     else:
         from testbed.analysis.vp import fit_vp
 
@@ -160,7 +162,7 @@ def _fit_chinchilla(method: str, X, y, bootstrap: int, seed: int, starts, target
 
 def _fit_isoflop(N, D, C, y, bootstrap: int, seed: int, target: float) -> dict[str, Any]:
     """Approach 2 by analysis/isoflop.py; the CI of N_opt at the target from the same within-budget resampling."""
-    r = ISO.isoflop_fit(pd.DataFrame({"N": N, "D": D, "C": C, "loss": y}))
+    r = isoflop.isoflop_fit(pd.DataFrame({"N": N, "D": D, "C": C, "loss": y}))
     p = r["params"]
     est = {"a": p["a"], "N_opt": p["k_N"] * target ** p["a"]}
     ci = {}
@@ -172,13 +174,13 @@ def _fit_isoflop(N, D, C, y, bootstrap: int, seed: int, target: float) -> dict[s
             for g in groups:
                 s = rng.choice(g, size=len(g), replace=True)
                 try:
-                    bd = ISO._budget(float(C[g[0]]), N[s], D[s], y[s])
+                    bd = isoflop.budget(float(C[g[0]]), N[s], D[s], y[s])
                 except (ArithmeticError, np.linalg.LinAlgError):  # a degenerate resample: no vertex
                     continue
                 if bd["used"]:
                     got.append((bd["C"], bd["N_opt"]))
             if len(got) >= 2:
-                a, kN = ISO._power(*map(np.array, zip(*got, strict=True)))
+                a, kN = isoflop.power(*map(np.array, zip(*got, strict=True)))
                 samples.append((a, kN * target ** a))
         if samples:
             s = np.array(samples)
@@ -205,9 +207,10 @@ def _summary(truth: dict[str, float], recs: list[dict]) -> dict[str, Any]:
 
 def simulate(law: str, params: dict[str, float], noise: str, design: str, *, offset: float = 1.0,
              repeats: int = 100, bootstrap: int = 100, methods: tuple[str, ...] = ("chinchilla", "isoflop"),
-             target_flops: float | None = None, seed: int = 0,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Draw `repeats` noisy loss sets for the design, fit each method on each, summarise bias and coverage."""
+             target_flops: float | None = None, seed: int = 0, log: Callable[[str], None] | None = None,
+             read_sweep: ReadSweep | None = None) -> dict[str, Any]:
+    """Draw `repeats` noisy loss sets for the design, fit each method on each, summarise bias and coverage;
+    read_sweep reads a sweep-file design (see design_points)."""
     t0 = time.perf_counter()
     q = parse_params(law, ",".join(f"{k}={v}" for k, v in params.items()))
     kind, sigma = parse_noise(noise)
@@ -217,13 +220,13 @@ def simulate(law: str, params: dict[str, float], noise: str, design: str, *, off
                           f"{', '.join(METHODS)} (comma-separated)")
     if repeats < 1 or bootstrap < 0:
         raise ConfigError(f"--repeats must be >= 1 and --bootstrap >= 0 (got {repeats}, {bootstrap})")
-    d = design_points(design, q, offset)
+    d = design_points(design, q, offset, read_sweep)
     N, D, C = d["N"], d["D"], d["C"]
     if "isoflop" in methods:
         per = [np.unique(N[C == c]).size for c in np.unique(C)]
-        if sum(n >= ISO.MIN_DISTINCT for n in per) < 2:
+        if sum(n >= isoflop.MIN_DISTINCT for n in per) < 2:
             raise ConfigError(f"--methods isoflop: the design has {len(per)} budgets with {per} distinct sizes; "
-                              f"Approach 2 needs >= 2 budgets with >= {ISO.MIN_DISTINCT} sizes each (drop isoflop "
+                              f"Approach 2 needs >= 2 budgets with >= {isoflop.MIN_DISTINCT} sizes each (drop isoflop "
                               "from --methods or use an isoflop design)")
     target = float(target_flops) if target_flops else 10 * float(C.max())
     if not target > 0:
@@ -231,7 +234,7 @@ def simulate(law: str, params: dict[str, float], noise: str, design: str, *, off
     loss = q["E"] + q["A"] / N ** q["alpha"] + q["B"] / D ** q["beta"]
     truth = {**{k: q[k] for k in ("alpha", "beta", "E")}, "a": q["beta"] / (q["alpha"] + q["beta"]),
              **{k: float(v) for k, v in _at_target(q, target).items()}}
-    X, starts, rng = np.stack([N, D], 1), _coarse_starts(q), np.random.default_rng(seed)
+    X, starts, rng = np.stack([N, D], 1), coarse_starts(q), np.random.default_rng(seed)
     recs: dict[str, list] = {m: [] for m in methods}
     errors: dict[str, list[str]] = {m: [] for m in methods}
     fit_s = dict.fromkeys(methods, 0.0)
@@ -284,7 +287,3 @@ def format_text(out: dict) -> str:
         lines.append(f"{m:14s} failures {s['failures']}/{s['repeats']}, {s['fit_s_per_repeat']:.2f}s per repeat"
                      + (f"; e.g. {s['errors'][0]}" if s.get("errors") else ""))
     return "\n".join(lines)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

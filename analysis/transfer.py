@@ -327,10 +327,9 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
         pad = 0.03 * (hi - lo) if hi > lo else 1e-3
         axes[0].set_ylim(lo - pad, hi + pad)
     fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    return out
+    from testbed.analysis import plots
+
+    return plots.save(fig, out_path)
 
 
 def _hashable(v: Any) -> Any:

@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 from scipy.optimize import minimize, nnls
-from testbed.analysis import fit as F
-from testbed.analysis import laws
+from testbed.analysis import fit, laws
 
 EXPONENTS = np.round(np.arange(0.02, 1.5001, 0.02), 4)  # the (alpha, beta) search grid
 LAW = dataclasses.replace(laws.CHINCHILLA, name="chinchilla-vp", grid={})
@@ -49,10 +48,10 @@ def _raw(ab: np.ndarray, coef: np.ndarray) -> dict[str, float]:
     return {"e": float(e), "a": float(a), "b": float(b), "alpha": float(ab[0]), "beta": float(ab[1])}
 
 
-def fit_vp(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F.FitResult:
+def fit_vp(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> fit.FitResult:
     """The variable-projection fit, with percentile CIs from refits of resampled points (from the optimum)."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    F._check_points(LAW, X, y)
+    fit.check_points(LAW, X, y)
     logN, logD = np.log(X[:, 0]), np.log(X[:, 1])
     t0 = time.perf_counter()
     ab, coef, obj, edge = _solve(logN, logD, y, np.ones_like(y), None)
@@ -66,7 +65,7 @@ def fit_vp(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> F
         why = (["the exponents' best grid point is on the grid's edge"] if edge else []) + (
             [f"{', '.join(zero)} hit the non-negativity bound"] if zero else [])
         diag["warning"] = "NOT CONVERGED: " + "; ".join(why)
-    result = F.FitResult(LAW, raw, params, LAW.derive(params), diag, len(y))
+    result = fit.FitResult(LAW, raw, params, LAW.derive(params), diag, len(y))
     if bootstrap:
         t1 = time.perf_counter()
         rng = np.random.default_rng(seed)

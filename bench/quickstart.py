@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_quickstart")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "testbed.cli", "quickstart", "--size", args.size, "--out", args.out, "--json"]
+    cmd = [sys.executable, "-m", "testbed.launch.cli", "quickstart", "--size", args.size, "--out", args.out, "--json"]
     t0 = time.perf_counter()
     first = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0

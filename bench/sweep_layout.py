@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def sweep(spec: Path, out: Path, *flags: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), *flags],
+    r = subprocess.run([sys.executable, "-m", "testbed.launch.cli", "sweep", str(spec), "--out", str(out), *flags],
                        capture_output=True, text=True, check=True)
     return time.perf_counter() - t0, r.stderr
 

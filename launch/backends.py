@@ -21,7 +21,7 @@ from pathlib import Path
 
 from testbed.launch import layout, runner
 
-from testbed import config as C
+from testbed.config import ConfigError
 
 BACKENDS = ("local", "slurm", "ray")
 Unit = list  # list of run ids trained together (one, or a pack)
@@ -39,8 +39,8 @@ def waves(units: list[Unit], after: dict[str, str | None]) -> list[list[Unit]]:
         left = _ids(remaining)
         ready = [u for u in remaining if not parents_of(u, after) & left]
         if not ready:
-            raise C.ConfigError("sweep: the runs' branch_from parents form a cycle; a branch must start from "
-                                "an earlier run")
+            raise ConfigError("sweep: the runs' branch_from parents form a cycle; a branch must start from "
+                              "an earlier run")
         out.append(ready)
         remaining = [u for u in remaining if u not in ready]
     return out
@@ -128,13 +128,18 @@ def run_local(units: list[Unit], out: Path, after: dict[str, str | None], worker
                 if busy:
                     pending.append((time.monotonic() + poll_s, busy))
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        with lock:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()  # SIGTERM: the trainer checkpoints and exits; a re-run resumes
+        _stop(pool, procs, lock)
         raise
     pool.shutdown()
+
+
+def _stop(pool: ThreadPoolExecutor, procs: set, lock: threading.Lock) -> None:
+    """Interrupted: cancel what has not started, SIGTERM the trainers (they checkpoint and exit; a re-run resumes)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    with lock:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
 
 
 # --- SLURM via submitit ----------------------------------------------------------------------------------
@@ -179,7 +184,7 @@ def _require(module: str, extra: str):
     try:
         return __import__(module)
     except ImportError:
-        raise C.ConfigError(f"--backend {extra}: needs the '{module}' package; pip install 'testbed[{extra}]'") \
+        raise ConfigError(f"--backend {extra}: needs the '{module}' package; pip install 'testbed[{extra}]'") \
             from None
 
 
@@ -194,8 +199,8 @@ def slurm_executor(out: Path, resources: dict):
         ex = submitit.AutoExecutor(folder=str(out / ".submitit" / "%j"), cluster=cluster)
         ex.update_parameters(**res)
     except (ValueError, NameError, RuntimeError) as e:
-        raise C.ConfigError(f"resources.slurm: {e}; keys are submitit AutoExecutor parameters (timeout_min, "
-                            "gpus_per_node, cpus_per_task, mem_gb, slurm_partition, slurm_array_parallelism, ...)") \
+        raise ConfigError(f"resources.slurm: {e}; keys are submitit AutoExecutor parameters (timeout_min, "
+                          "gpus_per_node, cpus_per_task, mem_gb, slurm_partition, slurm_array_parallelism, ...)") \
             from None
     return ex
 
@@ -246,7 +251,7 @@ def check(backend: str, resources: dict) -> None:
         _require("ray", "ray")
         unknown = [k for k in resources if k not in RAY_KEYS]
         if unknown:
-            raise C.ConfigError(f"resources.ray: unknown key '{unknown[0]}'; use {', '.join(RAY_KEYS)}")
+            raise ConfigError(f"resources.ray: unknown key '{unknown[0]}'; use {', '.join(RAY_KEYS)}")
 
 
 def run_ray(units: list[Unit], out: Path, after: dict[str, str | None], resources: dict, log: Log,

@@ -32,10 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from testbed import config as C
-from testbed import shapes as S
+from testbed.launch import grammar
 
-Build = Callable[[dict], C.Config]  # overrides -> the validated config (base + set + grid point + overrides)
+from testbed import config, shapes
+from testbed.config import ConfigError
+
+Build = Callable[[dict], config.Config]  # overrides -> the validated config (base + set + grid point + overrides)
 Log = Callable[[str], None]
 
 SHAPE_KEYS = ("widths", "depths", "depth", "aspect_ratio", "head_dim", "ffn_ratio", "shapes")
@@ -65,42 +67,40 @@ class Rung:
 
 def check(raw: Any, where: str) -> dict:
     """The design block validated and normalized (numbers parsed, ranges expanded); ConfigError naming the field."""
-    from testbed.launch.sweep import _axis, _number  # sweep imports this module: import at call time
-
     if not isinstance(raw, dict) or "type" not in raw:
-        raise C.ConfigError(f"{where}: design must be a mapping with a type ({', '.join(KEYS)}), got {raw!r}")
+        raise ConfigError(f"{where}: design must be a mapping with a type ({', '.join(KEYS)}), got {raw!r}")
     kind = raw["type"]
     if kind not in KEYS:
-        raise C.ConfigError(f"{where}: design.type: unknown {kind!r}; choose one of {', '.join(KEYS)}")
-    d = {"type": kind, **{k: _number(v) for k, v in raw.items() if k != "type"}}
+        raise ConfigError(f"{where}: design.type: unknown {kind!r}; choose one of {', '.join(KEYS)}")
+    d = {"type": kind, **{k: grammar.number(v) for k, v in raw.items() if k != "type"}}
     for k in d:
         if k != "type" and k not in KEYS[kind]:
-            raise C.ConfigError(f"{where}: design.{k}: not a key of a {kind} design; its keys are "
-                                f"{', '.join(KEYS[kind])}")
+            raise ConfigError(f"{where}: design.{k}: not a key of a {kind} design; its keys are "
+                              f"{', '.join(KEYS[kind])}")
     for k in REQUIRED[kind]:
         if k not in d:
-            raise C.ConfigError(f"{where}: design.{k}: a {kind} design needs it (see launch/designs.py)")
+            raise ConfigError(f"{where}: design.{k}: a {kind} design needs it (see launch/designs.py)")
     if kind == "transfer":
-        d["lr"] = _axis(f"{where}: design", "lr", d["lr"])
+        d["lr"] = grammar.axis(f"{where}: design", "lr", d["lr"])
     _check_shapes(d, kind, where)
     for k in ("budgets", "tokens", "tokens_per_param"):
         if k in d:
             d[k] = _positive_list(d[k], f"{where}: design.{k}")
     if kind == "ladder" and ("tokens" in d) == ("tokens_per_param" in d):
-        raise C.ConfigError(f"{where}: design.tokens / design.tokens_per_param: a ladder needs exactly one (a fixed "
-                            "D, or D = tokens_per_param x N)")
+        raise ConfigError(f"{where}: design.tokens / design.tokens_per_param: a ladder needs exactly one (a fixed "
+                          "D, or D = tokens_per_param x N)")
     if d.get("n_params", "total") not in ("total", "nonembedding"):
-        raise C.ConfigError(f"{where}: design.n_params: {d['n_params']!r} is not total or nonembedding")
+        raise ConfigError(f"{where}: design.n_params: {d['n_params']!r} is not total or nonembedding")
     for k in ("min_steps", "head_dim", "ffn_ratio", "depth"):
         _positive(d, k, where, integer=True)
     _positive(d, "aspect_ratio", where)
     frac = d.get("cooldown_frac", 0.2)
     if not (isinstance(frac, int | float) and 0 < frac < 1):
-        raise C.ConfigError(f"{where}: design.cooldown_frac: must be in (0, 1) (e.g. 0.2), got {frac!r}")
+        raise ConfigError(f"{where}: design.cooldown_frac: must be in (0, 1) (e.g. 0.2), got {frac!r}")
     names = d.get("parametrizations", ["sp"])
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise C.ConfigError(f"{where}: design.parametrizations: a non-empty list of param.name values, e.g. "
-                            f"[sp, mup], got {names!r}")
+        raise ConfigError(f"{where}: design.parametrizations: a non-empty list of param.name values, e.g. "
+                          f"[sp, mup], got {names!r}")
     return d
 
 
@@ -109,15 +109,15 @@ def _positive(d: dict, key: str, where: str, integer: bool = False) -> None:
     v = d.get(key, 1)
     kind = int if integer else int | float
     if not isinstance(v, kind) or isinstance(v, bool) or v <= 0:
-        raise C.ConfigError(f"{where}: design.{key}: must be a positive {'integer' if integer else 'number'}, "
-                            f"got {v!r}")
+        raise ConfigError(f"{where}: design.{key}: must be a positive {'integer' if integer else 'number'}, "
+                          f"got {v!r}")
 
 
 def _positive_list(v: Any, where: str) -> list:
     """A number or a non-empty list of positive numbers, as a list."""
     vs = v if isinstance(v, list) else [v]
     if not vs or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in vs):
-        raise C.ConfigError(f"{where}: expected a positive number or a non-empty list of them, got {v!r}")
+        raise ConfigError(f"{where}: expected a positive number or a non-empty list of them, got {v!r}")
     return vs
 
 
@@ -127,27 +127,27 @@ def _check_shapes(d: dict, kind: str, where: str) -> None:
         _int_list(d["widths"], f"{where}: design.widths")
         return
     if ("widths" in d) == ("shapes" in d):
-        raise C.ConfigError(f"{where}: design.widths / design.shapes: give exactly one (widths for the ladder of "
-                            "testbed/shapes.py, or an explicit list of model shapes)")
+        raise ConfigError(f"{where}: design.widths / design.shapes: give exactly one (widths for the ladder of "
+                          "testbed/shapes.py, or an explicit list of model shapes)")
     if "shapes" in d:
         extra = [k for k in ("depths", "depth", "aspect_ratio", "head_dim", "ffn_ratio") if k in d]
         if extra or not isinstance(d["shapes"], list) or not d["shapes"] or not all(
                 isinstance(s, dict) and s for s in d["shapes"]):
-            raise C.ConfigError(f"{where}: design.shapes: a non-empty list of model-key mappings, e.g. "
-                                "[{d_model: 32, n_layers: 2, n_heads: 2}], without widths/depth/head_dim keys")
+            raise ConfigError(f"{where}: design.shapes: a non-empty list of model-key mappings, e.g. "
+                              "[{d_model: 32, n_layers: 2, n_heads: 2}], without widths/depth/head_dim keys")
         return
     widths = _int_list(d["widths"], f"{where}: design.widths")
     if sum(k in d for k in ("depth", "depths", "aspect_ratio")) > 1:
-        raise C.ConfigError(f"{where}: design.depth / depths / aspect_ratio: give at most one")
+        raise ConfigError(f"{where}: design.depth / depths / aspect_ratio: give at most one")
     if "depths" in d and len(_int_list(d["depths"], f"{where}: design.depths")) != len(widths):
-        raise C.ConfigError(f"{where}: design.depths: one depth per width ({len(widths)} widths, "
-                            f"{len(d['depths'])} depths); use shapes: for any other combination")
+        raise ConfigError(f"{where}: design.depths: one depth per width ({len(widths)} widths, "
+                          f"{len(d['depths'])} depths); use shapes: for any other combination")
 
 
 def _int_list(v: Any, where: str) -> list[int]:
     if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                                                    for x in v):
-        raise C.ConfigError(f"{where}: expected a non-empty list of positive integers, got {v!r}")
+        raise ConfigError(f"{where}: expected a non-empty list of positive integers, got {v!r}")
     return v
 
 
@@ -159,7 +159,7 @@ def expand(d: dict, build: Build, where: str, log: Log) -> list[Point]:
         d, build, f"{where}: design {d['type']}", log)
 
 
-def rungs(d: dict, base: C.Config, where: str) -> list[Rung]:
+def rungs(d: dict, base: config.Config, where: str) -> list[Rung]:
     """The model shapes of a design: ladder rungs from widths, or the explicit shapes list."""
     if "shapes" in d:
         out = []
@@ -176,29 +176,29 @@ def rungs(d: dict, base: C.Config, where: str) -> list[Rung]:
         if depth is None and "aspect_ratio" not in d:
             depth = m.n_layers
         try:
-            shape = S.ladder(w, aspect_ratio=d.get("aspect_ratio"), depth=depth, head_dim=head_dim, ffn_ratio=ffn)
+            shape = shapes.ladder(w, aspect_ratio=d.get("aspect_ratio"), depth=depth, head_dim=head_dim, ffn_ratio=ffn)
         except ValueError as e:
-            raise C.ConfigError(f"{where}: widths: {e}; pick widths divisible by head_dim {head_dim}") from None
+            raise ConfigError(f"{where}: widths: {e}; pick widths divisible by head_dim {head_dim}") from None
         ov = {f"model.{k}": v for k, v in shape.items()}
         out.append(Rung(ov, {"model.d_model": w, "model.n_layers": shape["n_layers"]}))
     return out
 
 
-def _built(build: Build, overrides: dict, where: str, varied: dict) -> C.Config:
+def _built(build: Build, overrides: dict, where: str, varied: dict) -> config.Config:
     """build(overrides) with the point named in any error."""
     try:
         return build(overrides)
-    except C.ConfigError as e:
+    except ConfigError as e:
         at = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in varied.items())
-        raise C.ConfigError(f"{where} ({at}): {e}") from None
+        raise ConfigError(f"{where} ({at}): {e}") from None
 
 
-def _steps(tokens: float, cfg: C.Config) -> int:
+def _steps(tokens: float, cfg: config.Config) -> int:
     """Tokens -> optimizer steps, to the nearest step."""
     return int(round(tokens / cfg.tokens_per_step))
 
 
-def _too_short(steps: int, cfg: C.Config, min_steps: int) -> str | None:
+def _too_short(steps: int, cfg: config.Config, min_steps: int) -> str | None:
     """Why a point with this many steps cannot run (None if it can)."""
     if steps < min_steps:
         return f"{steps} steps < min_steps {min_steps}"
@@ -218,7 +218,7 @@ def _isoflop(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     for budget in d["budgets"]:
         for rung in rungs(d, base, where):
             cfg = _built(build, rung.overrides, where, rung.varied)
-            fpt = S.count(cfg).flops_per_token
+            fpt = shapes.count(cfg).flops_per_token
             steps = _steps(budget / fpt, cfg)
             why = _too_short(steps, cfg, d.get("min_steps", 1))
             varied = {"budget": budget, **rung.varied, "train.steps": steps}
@@ -239,7 +239,7 @@ def _ladder(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     ratios = [("tokens_per_param", r) for r in d.get("tokens_per_param", [])] or [("tokens", t) for t in d["tokens"]]
     for rung in rungs(d, base, where):
         cfg = _built(build, rung.overrides, where, rung.varied)
-        acc = S.count(cfg)
+        acc = shapes.count(cfg)
         n = acc.params_total if d.get("n_params", "total") == "total" else acc.params_nonembedding
         for key, value in ratios:
             tokens = value * n if key == "tokens_per_param" else value
@@ -261,8 +261,8 @@ def _transfer(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     head_dim = d.get("head_dim", build({}).model.resolved_head_dim)
     for w in d["widths"]:
         if w % head_dim:
-            raise C.ConfigError(f"{where}: widths: {w} is not a multiple of head_dim {head_dim}; head size is fixed "
-                                "so n_heads = width / head_dim")
+            raise ConfigError(f"{where}: widths: {w} is not a multiple of head_dim {head_dim}; head size is fixed "
+                              "so n_heads = width / head_dim")
     names = d.get("parametrizations")
     points = []
     for lr in d["lr"]:
@@ -315,6 +315,6 @@ def _show(varied: dict) -> str:
 
 def _nonempty(points: list[Point], dropped: int, where: str) -> list[Point]:
     if not points:
-        raise C.ConfigError(f"{where}: all {dropped} points were too short (see the messages above); raise the "
-                            "budgets/tokens, lower design.min_steps or the warmup")
+        raise ConfigError(f"{where}: all {dropped} points were too short (see the messages above); raise the "
+                          "budgets/tokens, lower design.min_steps or the warmup")
     return points

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from testbed import config as C
+from testbed import config
 from testbed.runstore import atomic_write_text
 from testbed.vmappable import pack_key
 
@@ -161,14 +161,14 @@ class _Workers:
                     p.wait()
 
 
-def measure(cfg: C.Config, layouts: list[Layout], duration_s: float = 2.0, rounds: int = 3,
+def measure(cfg: config.Config, layouts: list[Layout], duration_s: float = 2.0, rounds: int = 3,
             cores: list[int] | None = None, log=None) -> dict[Layout, dict]:
     """Aggregate steady-state tokens/s of each layout: the best of `rounds` interleaved windows."""
     cores = cores or cores_available()
     results: dict[Layout, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "config.yaml"
-        cfg_path.write_text(C.dump_yaml(cfg))
+        cfg_path.write_text(config.dump_yaml(cfg))
         live: list[_Workers] = []
         try:
             for lay in layouts:  # compile one layout at a time: memory and CPU stay bounded
@@ -201,7 +201,7 @@ def measure(cfg: C.Config, layouts: list[Layout], duration_s: float = 2.0, round
     return results
 
 
-def report(cfg: C.Config, n_runs: int, results: dict[Layout, dict], cores: int) -> dict:
+def report(cfg: config.Config, n_runs: int, results: dict[Layout, dict], cores: int) -> dict:
     """The bench JSON for K = n_runs: packed (one process, pack of K) vs sequential, and every layout measured."""
     ok = {lay: r for lay, r in results.items() if "tokens_per_s" in r}
     seq = ok[SEQUENTIAL]["tokens_per_s"]
@@ -218,7 +218,7 @@ def report(cfg: C.Config, n_runs: int, results: dict[Layout, dict], cores: int) 
             "layouts": rows, "cores": cores, "tokens_per_step": cfg.tokens_per_step, "machine": machine_id()}
 
 
-def measure_layouts(cfg: C.Config, n_runs: int, duration_s: float = 2.0, rounds: int = 3,
+def measure_layouts(cfg: config.Config, n_runs: int, duration_s: float = 2.0, rounds: int = 3,
                     cores: list[int] | None = None, layouts: list[Layout] | None = None, log=None) -> dict:
     """Every candidate layout for n_runs same-shape runs, timed; the fastest and its speedup over one at a time."""
     cores = cores or cores_available()
@@ -229,6 +229,18 @@ def measure_layouts(cfg: C.Config, n_runs: int, duration_s: float = 2.0, rounds:
     out = report(cfg, n_runs, measure(cfg, layouts, duration_s, rounds, cores, log), len(cores))
     return {**out, "loadavg_before": load, "loadavg_after": os.getloadavg(), "duration_s": duration_s,
             "rounds": rounds}
+
+
+def format_measured(result: dict) -> str:
+    """`testbed bench --pack K` as text: packed vs sequential tokens/s, the fastest layout, then every layout's rate."""
+    lines = [f"K={result['K']} d_model={result['d_model']}: packed {result['tokens_per_s']:.0f} tokens/s "
+             f"({result['packed_layout']}), sequential {result['sequential_tokens_per_s']:.0f}, "
+             f"speedup {result['speedup_vs_sequential']:.2f}x; fastest {result['best_layout']['name']} "
+             f"{result['best_speedup_vs_sequential']:.2f}x"]
+    for r in result["layouts"]:
+        rate = f"{r['tokens_per_s']:10.0f} {r['speedup_vs_sequential']:5.2f}x" if "tokens_per_s" in r else r["error"]
+        lines.append(f"  {r['name']:40s} {rate}")
+    return "\n".join(lines)
 
 
 def machine_id() -> str:
@@ -242,7 +254,7 @@ def machine_id() -> str:
     return f"{model or platform.processor()}|{len(cores_available())}cpu|{platform.machine()}"
 
 
-def choose_layout(cfg: C.Config, n_runs: int, cores: list[int] | None = None, cache: Path | None = CACHE,
+def choose_layout(cfg: config.Config, n_runs: int, cores: list[int] | None = None, cache: Path | None = CACHE,
                   duration_s: float = 1.5, rounds: int = 3, refresh: bool = False) -> Layout:
     """The fastest measured layout for n_runs runs shaped like `cfg` (same pack_key), cached per machine.
 
@@ -266,22 +278,22 @@ def choose_layout(cfg: C.Config, n_runs: int, cores: list[int] | None = None, ca
     return best
 
 
-def cached_layout(cfg: C.Config, n_runs: int, cores: list[int] | None = None, cache: Path | None = CACHE
+def cached_layout(cfg: config.Config, n_runs: int, cores: list[int] | None = None, cache: Path | None = CACHE
                   ) -> Layout | None:
     """choose_layout's answer if it was measured before on this machine, else None (measures nothing)."""
     entry = _read_cache(cache).get(_cache_key(_canonical(cfg), n_runs, cores or cores_available()))
     return Layout.from_dict(entry["layout"]) if entry else None
 
 
-def _cache_key(shape: C.Config, n_runs: int, cores: list[int]) -> str:
+def _cache_key(shape: config.Config, n_runs: int, cores: list[int]) -> str:
     return f"{pack_key(shape)}|{n_runs}|{machine_id()}|{len(cores)}"
 
 
-def _canonical(cfg: C.Config) -> C.Config:
+def _canonical(cfg: config.Config) -> config.Config:
     """The shape alone: training length and logging do not change a step's speed, so they do not split the cache."""
-    raw = C.to_dict(cfg)
+    raw = config.to_dict(cfg)
     raw["train"].update(steps=1000, tokens=None, eval_every=1000, checkpoint_every=1000)
-    return C.from_dict(raw)
+    return config.from_dict(raw)
 
 
 def _read_cache(cache: Path | None) -> dict:

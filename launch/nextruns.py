@@ -22,8 +22,8 @@ import numpy as np
 import yaml
 from testbed.analysis.design import fmt_width
 
-from testbed import config as C
-from testbed import runstore
+from testbed import config, runstore
+from testbed.config import ConfigError
 
 Log = Callable[[str], None]
 EXTRA_RUNGS = (1.5, 2.0, 3.0)  # default candidate widths beyond the sweep's widest, as multiples of it
@@ -34,14 +34,13 @@ ROUND_GROWTH = 0.25  # progressive: a round may spend this fraction of the FLOPs
 
 def _fit(sweep_dir: Path, target: str, flops: float, bootstrap: int, seed: int):
     """The Chinchilla fit of the sweep (bootstrap CIs), its usable rows and the linearised design state."""
-    from testbed.analysis import design as DS
-    from testbed.analysis import report as R
+    from testbed.analysis import design, registry
 
-    out, objs = R.run("chinchilla", sweep_dir, bootstrap=bootstrap, seed=seed)
+    out, objs = registry.run("chinchilla", sweep_dir, bootstrap=bootstrap, seed=seed)
     rows, res = objs["fit_rows"], objs["result"]
     N, D, y = (rows[c].to_numpy(np.float64) for c in ("N", "D", "loss"))
-    st = DS.state(res.raw, N, D, y, target, flops, res.boot_raw)
-    log_ci = DS.boot_interval(res.boot_raw, target, flops)
+    st = design.state(res.raw, N, D, y, target, flops, res.boot_raw)
+    log_ci = design.boot_interval(res.boot_raw, target, flops)
     return out, rows, st, None if log_ci is None else [float(np.exp(v)) for v in log_ci]
 
 
@@ -64,8 +63,8 @@ def _widths(rows, fam: dict, widths: list[int] | None) -> list[int]:
     if widths:
         bad = [w for w in widths if w <= 0 or w % fam["head_dim"]]
         if bad:
-            raise C.ConfigError(f"--widths: {bad} are not positive multiples of the sweep's head size "
-                                f"{fam['head_dim']}; candidates keep its head size (muP-friendly ladder)")
+            raise ConfigError(f"--widths: {bad} are not positive multiples of the sweep's head size "
+                              f"{fam['head_dim']}; candidates keep its head size (muP-friendly ladder)")
         return sorted(set(widths))
     have = sorted({int(v) for v in rows["model.d_model"]})
     hd = fam["head_dim"]
@@ -77,13 +76,13 @@ def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = Non
     """Every ladder shape x budget (2 per octave, from the smallest run's FLOPs to cap) as a validated config with
     its exact N, D and FLOPs; runs already in the sweep directory, runs shorter than its shortest and runs outside
     its tokens-per-parameter range (widened by design.RATIO_MARGIN) are left out."""
-    from testbed.analysis import design as DS
+    from testbed.analysis import design
     from testbed.launch import sweep
 
-    from testbed import shapes as S
+    from testbed import shapes
 
     base_row = rows.loc[rows["N"].idxmax()]
-    base = C.to_dict(C.load(runstore.RunDir(base_row["run_dir"]).config_path))
+    base = config.to_dict(config.load(runstore.RunDir(base_row["run_dir"]).config_path))
     fam = _ladder_family(rows)
     min_steps = int(rows["steps"].min()) if rows["steps"].notna().all() else 1
     lo = float(rows["C"].min())
@@ -91,29 +90,29 @@ def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = Non
     if cap > budgets[-1] * (1 + 1e-6):
         budgets = np.r_[budgets, cap]
     ratio = (rows["D"] / rows["N"]).to_numpy(np.float64)
-    r_lo, r_hi = ratio.min() / DS.RATIO_MARGIN, ratio.max() * DS.RATIO_MARGIN
+    r_lo, r_hi = ratio.min() / design.RATIO_MARGIN, ratio.max() * design.RATIO_MARGIN
     existing = set(rows["run_id"])
     out = []
     for width in _widths(rows, fam, widths):
         try:
-            shape = S.ladder(width, **fam)
+            shape = shapes.ladder(width, **fam)
         except ValueError as e:
-            raise C.ConfigError(f"--widths: {e}") from None
+            raise ConfigError(f"--widths: {e}") from None
         raw = copy.deepcopy(base)
         raw["model"].update(shape)
-        probe = C.from_dict(raw)  # the base run's steps: valid for this shape too
-        step_flops = S.count(probe).flops_per_token * probe.tokens_per_step
+        probe = config.from_dict(raw)  # the base run's steps: valid for this shape too
+        step_flops = shapes.count(probe).flops_per_token * probe.tokens_per_step
         for b in budgets:
             steps = int(round(b / step_flops))
             if steps < max(min_steps, 1, probe.optim.warmup_steps):
                 continue
             raw_b = copy.deepcopy(raw)
             raw_b["train"]["steps"] = steps
-            cfg = C.from_dict(raw_b)
+            cfg = config.from_dict(raw_b)
             rid = sweep.run_id(cfg)
             if rid in existing:
                 continue
-            acc = S.count(cfg)
+            acc = shapes.count(cfg)
             if not r_lo <= steps * cfg.tokens_per_step / acc.params_total <= r_hi:
                 continue
             out.append({"run_id": rid, "cfg": cfg, "width": width, "n_layers": shape["n_layers"], "steps": steps,
@@ -124,10 +123,10 @@ def candidates(sweep_dir: Path, rows, cap: float, widths: list[int] | None = Non
 
 def sweep_file(sweep_dir: Path, picks: list[dict], header: list[str]) -> tuple[str, dict]:
     """The picks as a sweep file: the largest run's config with the shape keys and steps zipped."""
-    base = C.to_dict(picks[0]["cfg"])
+    base = config.to_dict(picks[0]["cfg"])
     zipped = {k: [] for k in (*SHAPE_KEYS, "train.steps")}
     for p in picks:
-        d = C.to_dict(p["cfg"])
+        d = config.to_dict(p["cfg"])
         for k in zipped:
             sec, key = k.split(".")
             zipped[k].append(d[sec][key])
@@ -141,28 +140,28 @@ def plan(sweep_dir: str | Path, *, target_flops: float, target: str = "loss", bu
          k: int = 4, widths: list[int] | None = None, bootstrap: int = 200, seed: int = 0,
          stop_width: float | None = None, out: str | Path | None = None, fitted=None) -> dict[str, Any]:
     """Fit, score the candidates, pick up to k within the budget; write the sweep file when out is given."""
-    from testbed.analysis import design as DS
+    from testbed.analysis import design
     from testbed.launch import sweep
 
     sweep_dir = Path(sweep_dir)
-    if target not in DS.TARGETS:
-        raise C.ConfigError(f"--target: unknown {target!r}; choose {' or '.join(DS.TARGETS)}")
+    if target not in design.TARGETS:
+        raise ConfigError(f"--target: unknown {target!r}; choose {' or '.join(design.TARGETS)}")
     if not (target_flops and target_flops > 0):
-        raise C.ConfigError(f"--target-flops: must be > 0 FLOPs (the compute you want to predict at), got "
-                            f"{target_flops}")
+        raise ConfigError(f"--target-flops: must be > 0 FLOPs (the compute you want to predict at), got "
+                          f"{target_flops}")
     if k < 1:
-        raise C.ConfigError(f"--k: must be >= 1 runs, got {k}")
+        raise ConfigError(f"--k: must be >= 1 runs, got {k}")
     if not sweep_dir.is_dir():
-        raise C.ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
     if budget is not None and not budget > 0:
-        raise C.ConfigError(f"--budget: must be > 0 FLOPs (default: the FLOPs already in the sweep), got {budget}")
+        raise ConfigError(f"--budget: must be > 0 FLOPs (default: the FLOPs already in the sweep), got {budget}")
     t0 = time.perf_counter()
     fit_out, rows, st, ci = fitted or _fit(sweep_dir, target, target_flops, bootstrap, seed)
     spent = float(rows["C"].sum())
     budget = spent if budget is None else float(budget)
     cands = candidates(sweep_dir, rows, min(budget, target_flops), widths)
-    picks = DS.select(st, [c["N"] for c in cands], [c["D"] for c in cands], [c["flops"] for c in cands], k, budget,
-                      stop_width)
+    picks = design.select(st, [c["N"] for c in cands], [c["D"] for c in cands], [c["flops"] for c in cands], k, budget,
+                          stop_width)
     proposals = []
     for p in picks:
         c = cands[p["index"]]
@@ -270,16 +269,16 @@ def progressive(sweep_dir: str | Path, *, target_flops: float, threshold: float,
 
     sweep_dir = Path(sweep_dir)
     if not threshold > 0:
-        raise C.ConfigError(f"--threshold: must be > 0 (a relative 95% interval width, e.g. 0.02), got {threshold}")
+        raise ConfigError(f"--threshold: must be > 0 (a relative 95% interval width, e.g. 0.02), got {threshold}")
     if not sweep_dir.is_dir():
-        raise C.ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory; pass the directory `testbed sweep` wrote")
     pdir = sweep_dir / "plan"
     hpath = pdir / "history.jsonl"
     hist = _history(hpath)
     if hist and (hist[-1].get("target"), hist[-1].get("target_flops")) != (target, target_flops):
-        raise C.ConfigError(f"{hpath}: an earlier plan targets {hist[-1].get('target')} at "
-                            f"{hist[-1].get('target_flops'):.3g} FLOPs; pass the same --target/--target-flops, or "
-                            "move the plan/ directory away to start another")
+        raise ConfigError(f"{hpath}: an earlier plan targets {hist[-1].get('target')} at "
+                          f"{hist[-1].get('target_flops'):.3g} FLOPs; pass the same --target/--target-flops, or "
+                          "move the plan/ directory away to start another")
 
     def save() -> None:
         pdir.mkdir(parents=True, exist_ok=True)
@@ -340,5 +339,5 @@ def progressive(sweep_dir: str | Path, *, target_flops: float, threshold: float,
 def _train(sweep, path: Path, sweep_dir: Path, workers: int | None, log: Log) -> None:
     res = sweep.run_sweep(path, sweep_dir, workers=workers, log=log)
     if not res["ok"]:
-        raise C.ConfigError(f"plan: runs of {path} did not complete ({res['counts']}); see `testbed status "
-                            f"{sweep_dir}`, then run the same `testbed plan --progressive` again to resume")
+        raise ConfigError(f"plan: runs of {path} did not complete ({res['counts']}); see `testbed status "
+                          f"{sweep_dir}`, then run the same `testbed plan --progressive` again to resume")

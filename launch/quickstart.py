@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from testbed import config as C
+from testbed import config
+from testbed.config import ConfigError
 from testbed.runstore import dumps
 from testbed.sweepdir import SweepDir
 
@@ -58,7 +59,7 @@ Log = Callable[[str], None]
 def _base_config() -> dict:
     """testbed.config's defaults at configs/tiny.yaml's context (64 tokens), inlined so the sweep file stands alone;
     the design sets the shape and steps."""
-    return C.to_dict(C.from_dict({"data": {"seq_len": 64}, "train": {"steps": 300}}))
+    return config.to_dict(config.from_dict({"data": {"seq_len": 64}, "train": {"steps": 300}}))
 
 
 def sweep_spec(size: str, budgets: list[float] | None = None, widths: list[int] | None = None) -> dict:
@@ -78,8 +79,8 @@ def _write_spec(path: Path, spec: dict) -> None:
     text = yaml.safe_dump(spec, sort_keys=False)
     if path.exists():
         if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
-            raise C.ConfigError(f"--out: {path.parent} holds a different quickstart ({path.name} differs: another "
-                                "--size or version); pass another --out, or delete that directory")
+            raise ConfigError(f"--out: {path.parent} holds a different quickstart ({path.name} differs: another "
+                              "--size or version); pass another --out, or delete that directory")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -111,8 +112,8 @@ def _train(spec_path: Path, sweep_dir: Path, workers: int | None, log: Log) -> d
     out = sweep.run_sweep(spec_path, sweep_dir, workers=workers,
                           log=lambda m: log(f"[{time.perf_counter() - t0:6.1f}s] {m}"))
     if not out["ok"]:
-        raise C.ConfigError(f"quickstart: runs did not complete ({out['counts']}); see the train.log files under "
-                            f"{sweep_dir} (testbed status {sweep_dir}); run quickstart again to resume")
+        raise ConfigError(f"quickstart: runs did not complete ({out['counts']}); see the train.log files under "
+                          f"{sweep_dir} (testbed status {sweep_dir}); run quickstart again to resume")
     return out
 
 
@@ -127,10 +128,10 @@ def _pick_holdout(size: str, out: Path, res, budget: float) -> tuple[int, dict]:
     """The ladder width with the lowest predicted loss at `budget` under the fitted law, with that prediction
     (and its bootstrap CI): the prediction is made before the run is trained."""
     import numpy as np
-    from testbed.analysis import fit as F
+    from testbed.analysis import fit
     from testbed.launch import sweep
 
-    from testbed import shapes as S
+    from testbed import shapes
 
     spec = sweep_spec(size, budgets=[budget], widths=HOLDOUT_WIDTHS[size])
     probe = out / ".holdout-candidates.yaml"
@@ -141,7 +142,7 @@ def _pick_holdout(size: str, out: Path, res, budget: float) -> tuple[int, dict]:
         probe.unlink()
     rows = []
     for r in runs:
-        acc = S.count(r.cfg)
+        acc = shapes.count(r.cfg)
         tokens = r.cfg.train.steps * r.cfg.tokens_per_step
         rows.append((r.cfg.model.d_model, float(acc.params_total), float(tokens)))
     X = np.array([[n, d] for _, n, d in rows])
@@ -152,9 +153,22 @@ def _pick_holdout(size: str, out: Path, res, budget: float) -> tuple[int, dict]:
          "candidates": [{"width": w, "N": nn, "D": dd, "predicted_loss": float(q)}
                         for (w, nn, dd), q in zip(rows, pred, strict=True)]}
     if res.boot_raw is not None:
-        boot = F.predict_many(res.law, res.boot_raw, X[i:i + 1])[:, 0]
+        boot = fit.predict_many(res.law, res.boot_raw, X[i:i + 1])[:, 0]
         p["predicted_ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
     return width, p
+
+
+def _finished(out: Path, ids: list[str], summary_path: Path) -> dict | None:
+    """The summary of an earlier quickstart whose runs are all on disk and done (resumed: True), else None."""
+    if not summary_path.is_file():
+        return None
+    done = json.loads(summary_path.read_text())
+    hold_ids = done.get("holdout", {}).get("run_ids", [])
+    if (done.get("run_ids") == ids and _all_done(out / "sweep", ids) and hold_ids
+            and _all_done(out / "holdout", hold_ids)):
+        done["resumed"] = True
+        return done
+    return None
 
 
 def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers: int | None = None,
@@ -163,21 +177,17 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     import numpy as np
 
     if size not in SIZES:
-        raise C.ConfigError(f"--size: unknown '{size}'; choose one of {', '.join(SIZES)}")
+        raise ConfigError(f"--size: unknown '{size}'; choose one of {', '.join(SIZES)}")
     out = Path(out)
     t_start = time.perf_counter()
     spec_path, holdout_path = out / "sweep.yaml", out / "holdout.yaml"
     _write_spec(spec_path, sweep_spec(size))
     ids = _run_ids(spec_path)
     summary_path = out / "quickstart.json"
-    if summary_path.is_file():
-        done = json.loads(summary_path.read_text())
-        hold_ids = done.get("holdout", {}).get("run_ids", [])
-        if (done.get("run_ids") == ids and _all_done(out / "sweep", ids) and hold_ids
-                and _all_done(out / "holdout", hold_ids)):
-            log(f"quickstart: {out} is complete; the summary below is from {summary_path} (delete it to refit)")
-            done["resumed"] = True
-            return done
+    done = _finished(out, ids, summary_path)
+    if done is not None:
+        log(f"quickstart: {out} is complete; the summary below is from {summary_path} (delete it to refit)")
+        return done
     phases: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -187,13 +197,12 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     trained = _train(spec_path, out / "sweep", workers, log)
     phases["train_s"] = time.perf_counter() - t0
 
-    from testbed.analysis import load as LD
-    from testbed.analysis import plotkinds as PK
+    from testbed.analysis import load, plotkinds
 
     t0 = time.perf_counter()
     boot = SIZES[size]["bootstrap"]
     log(f"fit: Chinchilla (Huber, {boot} bootstrap refits) and IsoFLOP parabolas on {out / 'sweep'}")
-    fits = PK.Fits(out / "sweep", bootstrap=boot)  # memoized: the report's figures reuse these fits
+    fits = plotkinds.Fits(out / "sweep", bootstrap=boot)  # memoized: the report's figures reuse these fits
     chin, objs = fits.run("chinchilla")
     iso, _ = fits.run("isoflop")
     res = objs["result"]
@@ -209,7 +218,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     _train(holdout_path, out / "holdout", 1, log)  # one run: one process with every core
     phases["holdout_train_s"] = time.perf_counter() - t0
     hold_ids = _run_ids(holdout_path)
-    held = LD.load(out / "holdout")
+    held = load.load(out / "holdout")
     observed = float(held["loss"].iloc[0])
     pred.update(observed_loss=observed, rel_error=pred["predicted_loss"] / observed - 1, run_ids=hold_ids,
                 N_observed=float(held["N"].iloc[0]), D_observed=float(held["D"].iloc[0]))
@@ -218,7 +227,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     t0 = time.perf_counter()
     from testbed.analysis import html
 
-    rows = LD.load(out / "sweep")
+    rows = load.load(out / "sweep")
     entropy = float(np.nanmean(rows["data_entropy"])) if "data_entropy" in rows.columns else None
     summary = {
         "size": size, "out": str(out), "run_ids": ids, "runs": len(ids),
@@ -240,6 +249,14 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     summary["report"] = str(out / "report" / "index.html")
     _write_json(summary_path, summary)
     return summary
+
+
+def format_text(out: dict) -> str:
+    """`testbed quickstart` as text: the summary, then where the report is (and, when run now, the phase times)."""
+    ph = out.get("phases", {})
+    return format_summary(out) + "\n" + f"Report: {out['report']}" + (
+        f"  ({ph['total_s'] / 60:.1f} min: train {ph['train_s']:.0f}s, fit {ph['fit_s']:.0f}s, held-out run "
+        f"{ph['holdout_train_s']:.0f}s, report {ph['report_s']:.0f}s)" if not out.get("resumed") else "")
 
 
 def _n_opt(chin: dict, res, budget: float) -> dict:

@@ -34,9 +34,9 @@ BUSY = "busy"  # held by another live worker: try again later
 def train_command(run_dirs: list[Path]) -> list[str]:
     """`testbed train` for one run, `testbed train-pack` (one vmapped program) for several."""
     if len(run_dirs) == 1:
-        return [sys.executable, "-m", "testbed.cli", "train", str(RunDir(run_dirs[0]).config_path),
+        return [sys.executable, "-m", "testbed.launch.cli", "train", str(RunDir(run_dirs[0]).config_path),
                 "--out", str(run_dirs[0]), "--no-progress"]
-    return [sys.executable, "-m", "testbed.cli", "train-pack", *map(str, run_dirs), "--no-progress"]
+    return [sys.executable, "-m", "testbed.launch.cli", "train-pack", *map(str, run_dirs), "--no-progress"]
 
 
 def run_status(run_dir: Path) -> str:

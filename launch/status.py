@@ -6,7 +6,7 @@ from pathlib import Path
 
 from testbed.launch import claims, runner
 
-from testbed import config as C
+from testbed.config import ConfigError
 from testbed.runstore import RunDir
 from testbed.sweepdir import SweepDir
 
@@ -25,7 +25,7 @@ def run_row(run_dir: Path, name: str = "") -> dict:
     last = rd.last_metrics()
     try:
         row["steps_total"] = rd.load_config().total_steps
-    except (C.ConfigError, OSError):
+    except (ConfigError, OSError):
         pass
     row["step"] = summary.get("steps", last.get("step", 0))
     row["train_loss"] = summary.get("final_train_loss", last.get("train_loss"))
@@ -40,7 +40,7 @@ def sweep_status(sweep_dir: str | Path) -> dict:
     """{'sweep_dir', 'counts': {status: n}, 'runs': [row, ...]} for every run the directory knows."""
     d = Path(sweep_dir)
     if not d.is_dir():
-        raise C.ConfigError(f"sweep directory {str(d)!r} does not exist; pass the --out of a testbed sweep")
+        raise ConfigError(f"sweep directory {str(d)!r} does not exist; pass the --out of a testbed sweep")
     rows = [run_row(d / rid, name) for rid, name in SweepDir(d).run_names().items()]
     counts = {s: 0 for s in ORDER}
     for r in rows:

@@ -18,22 +18,19 @@ A sweep file (YAML)::
       widths: [32, 64, 128]
 
 Each run is base + set + one grid point (+ one zip row) (+ one design point), resolved and validated by
-testbed.config; its id is the first 12 hex digits of the sha256 of the resolved config's YAML (testbed.config's
-identity), so identical configs are one run. A sweep
-directory holds `<run_id>/` run directories (the `testbed train` layout, plus `train.log`), `sweep.yaml` (the
-latest sweep, resolved: base inlined, ranges expanded, so `expand(SWEEP_DIR/sweep.yaml)` gives the same runs)
-and `manifest.json` (every run ever added to the directory, with the keys and values that define it).
+testbed.config; its id is testbed.config.run_id (12 hex digits of the sha256 of the resolved config's identity
+YAML), so identical configs are one run. A sweep directory holds `<run_id>/` run directories (the `testbed train`
+layout, plus `train.log`), `sweep.yaml` (the latest sweep, resolved: base inlined, ranges expanded, so
+`expand(SWEEP_DIR/sweep.yaml)` gives the same runs) and `manifest.json` (every run ever added to the directory,
+with the keys and values that define it).
 
-Nothing here imports jax: runs train in `python -m testbed.cli train` subprocesses.
+Nothing here imports jax: runs train in `python -m testbed.launch.cli train` subprocesses.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import math
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -42,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from testbed.launch import designs
+from testbed.launch import designs, grammar
 
-from testbed import config as C
+from testbed import config
+from testbed.config import ConfigError, run_id
 from testbed.runstore import RunDir
 from testbed.sweepdir import SweepDir
 
@@ -55,7 +53,7 @@ DONE = ("completed", "diverged")
 @dataclass(frozen=True)
 class Run:
     run_id: str
-    cfg: C.Config = field(repr=False, compare=False)
+    cfg: config.Config = field(repr=False, compare=False)
     varied: dict[str, Any] = field(compare=False)
     after: str | None = field(default=None, compare=False)  # parent run id (train.branch_from): train it first
 
@@ -67,137 +65,56 @@ class Run:
 
 # --- the sweep file ---------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _number(v: Any) -> Any:
-    """YAML 1.1 reads `1e-3` as a string; take numeric-looking strings as numbers (as `--set` does)."""
-    if isinstance(v, str) and _NUMBER.match(v.strip()) and not v.strip().lstrip("+-").isdigit():
-        return float(v)
-    if isinstance(v, list):
-        return [_number(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _number(x) for k, x in v.items()}
-    return v
-
-
-def _axis(where: str, key: str, value: Any) -> list:
-    """An axis's values: a non-empty list, or {log2: [start, stop, step]} (stop inclusive, step default 1)."""
-    if isinstance(value, dict):
-        if set(value) != {"log2"}:
-            raise C.ConfigError(f"{where}.{key}: a range is written {{log2: [start, stop, step]}}, got "
-                                f"{value!r}; or give a list of values")
-        r = value["log2"]
-        if (not isinstance(r, list) or len(r) not in (2, 3)
-                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in r)):
-            raise C.ConfigError(f"{where}.{key}: log2 takes [start, stop] or [start, stop, step] numbers, got {r!r}")
-        start, stop, step = (*r, 1) if len(r) == 2 else r
-        if step <= 0 or stop < start:
-            raise C.ConfigError(f"{where}.{key}: log2 [{start}, {stop}, {step}] is empty; need step > 0 and "
-                                "stop >= start")
-        n = math.floor((stop - start) / step + 1e-9) + 1
-        return [2.0 ** (start + i * step) for i in range(n)]
-    if not isinstance(value, list):
-        raise C.ConfigError(f"{where}.{key}: expected a list of values or {{log2: [start, stop, step]}}, "
-                            f"got {value!r}")
-    if not value:
-        raise C.ConfigError(f"{where}.{key}: empty list; give at least one value (or remove the key)")
-    return _number(value)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """{'optim': {'lr': 1}} -> {'optim.lr': 1}; dotted keys pass through."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def _mapping(spec: dict, name: str, where: str) -> dict:
-    v = spec.get(name)
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise C.ConfigError(f"{where}: '{name}' must be a mapping of dotted config keys, got {v!r}")
-    return v
-
-
 def load_spec(path: str | Path) -> dict:
     """Reads and checks a sweep file; returns it resolved: `config` (the base mapping), `set`, `grid`, `zip`
     with every axis an explicit list. Raises ConfigError naming the problem and the fix."""
     p = Path(path)
     if not p.is_file():
-        raise C.ConfigError(f"sweep file {str(p)!r} does not exist: pass a YAML sweep file such as "
-                            "configs/transfer_lr.yaml")
+        raise ConfigError(f"sweep file {str(p)!r} does not exist: pass a YAML sweep file such as "
+                          "configs/transfer_lr.yaml")
     try:
         spec = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise C.ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
     where = f"sweep {p}"
     if not isinstance(spec, dict):
-        raise C.ConfigError(f"{where}: must be a mapping with base (or config), set, grid, zip")
+        raise ConfigError(f"{where}: must be a mapping with base (or config), set, grid, zip")
     unknown = [k for k in spec if k not in SPEC_KEYS]
     if unknown:
-        raise C.ConfigError(f"{where}: unknown top-level key '{unknown[0]}'; sweep files take "
-                            f"{', '.join(SPEC_KEYS)} (config keys go under set:, grid: or zip:)")
+        raise ConfigError(f"{where}: unknown top-level key '{unknown[0]}'; sweep files take "
+                          f"{', '.join(SPEC_KEYS)} (config keys go under set:, grid: or zip:)")
     if ("base" in spec) == ("config" in spec):
-        raise C.ConfigError(f"{where}: give exactly one of 'base: CONFIG.yaml' (relative to the sweep file's "
-                            "folder) or an inline 'config:' mapping")
+        raise ConfigError(f"{where}: give exactly one of 'base: CONFIG.yaml' (relative to the sweep file's "
+                          "folder) or an inline 'config:' mapping")
     if "base" in spec:
         if not isinstance(spec["base"], str):
-            raise C.ConfigError(f"{where}: base must be a config file path, got {spec['base']!r}")
+            raise ConfigError(f"{where}: base must be a config file path, got {spec['base']!r}")
         base_path = p.parent / spec["base"]
         if not base_path.is_file():
-            raise C.ConfigError(f"{where}: base '{spec['base']}' not found (looked for {base_path}); base is "
-                                "relative to the sweep file's folder")
+            raise ConfigError(f"{where}: base '{spec['base']}' not found (looked for {base_path}); base is "
+                              "relative to the sweep file's folder")
         try:
             base = yaml.safe_load(base_path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise C.ConfigError(f"{where}: base {base_path} is not valid YAML: {e}") from None
+            raise ConfigError(f"{where}: base {base_path} is not valid YAML: {e}") from None
     else:
         base = spec["config"] or {}
     if not isinstance(base, dict):
-        raise C.ConfigError(f"{where}: the base config must be a mapping of sections (model:, data:, ...)")
+        raise ConfigError(f"{where}: the base config must be a mapping of sections (model:, data:, ...)")
 
-    sets = {k: _number(v) for k, v in _flatten(_mapping(spec, "set", where)).items()}
-    grid = {k: _axis(f"{where}: grid", k, v) for k, v in _mapping(spec, "grid", where).items()}
-    zipped = {k: _axis(f"{where}: zip", k, v) for k, v in _mapping(spec, "zip", where).items()}
-    lengths = {k: len(v) for k, v in zipped.items()}
-    if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-        raise C.ConfigError(f"{where}: zip lists must have equal lengths ({detail}); zip varies its keys "
-                            "together, row by row (use grid: for a product)")
-    groups = {"set": list(sets), "grid": list(grid), "zip": list(zipped)}
-    seen: dict[str, str] = {}
-    for group, keys in groups.items():
-        for key in keys:
-            for other, og in seen.items():
-                if key == other or key.startswith(other + ".") or other.startswith(key + "."):
-                    raise C.ConfigError(f"{where}: key '{key}' is in both {og} and {group}; a key may appear "
-                                        "in only one of set, grid, zip")
-            seen[key] = group
+    sets = {k: grammar.number(v) for k, v in grammar.flatten(grammar.mapping(spec, "set", where)).items()}
+    grid = {k: grammar.axis(f"{where}: grid", k, v) for k, v in grammar.mapping(spec, "grid", where).items()}
+    zipped = {k: grammar.axis(f"{where}: zip", k, v) for k, v in grammar.mapping(spec, "zip", where).items()}
+    grammar.check_zip(zipped, where)
+    grammar.check_disjoint({"set": list(sets), "grid": list(grid), "zip": list(zipped)}, where)
     out = {"config": base, "set": sets, "grid": grid, "zip": zipped}
     if spec.get("design") is not None:
         out["design"] = designs.check(spec["design"], where)
     for k in ("name", "description"):
         if k in spec:
             out[k] = spec[k]
-    out["resources"] = _resources(spec, where)
+    out["resources"] = grammar.resources(spec, where)
     return out
-
-
-def _resources(spec: dict, where: str) -> dict:
-    """`resources: {slurm: {...submitit parameters}, ray: {...}}`: per-backend settings, checked by name."""
-    res = _mapping(spec, "resources", where)
-    for k, v in res.items():
-        if k not in ("local", "slurm", "ray") or not isinstance(v, dict):
-            raise C.ConfigError(f"{where}: resources.{k}: expected resources.slurm or resources.ray mappings "
-                                "(e.g. resources: {slurm: {timeout_min: 120, gpus_per_node: 1}})")
-    return res
 
 
 # --- expansion ---------------------------------------------------------------------------------------------
@@ -208,12 +125,8 @@ def _put(raw: dict, key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise C.ConfigError(f"{key}: '{'.'.join(parts[:i + 1])}' is not a section")
+            raise ConfigError(f"{key}: '{'.'.join(parts[:i + 1])}' is not a section")
     node[parts[-1]] = value
-
-
-def run_id(cfg: C.Config) -> str:
-    return hashlib.sha256(C.identity_yaml(cfg).encode()).hexdigest()[:12]  # placement (train.mesh) left out
 
 
 def fmt(v: Any) -> str:
@@ -228,15 +141,15 @@ def label(varied: dict) -> str:
                                                                                          strict=True))
 
 
-def _config(spec: dict, overrides: dict) -> C.Config:
+def _config(spec: dict, overrides: dict) -> config.Config:
     """base + set + overrides (grid point, zip row, design point), validated."""
     raw = copy.deepcopy(spec["config"])
     for key, value in {**spec["set"], **overrides}.items():
         _put(raw, key, copy.deepcopy(value))
-    return C.from_dict(raw)
+    return config.from_dict(raw)
 
 
-def _parent_id(cfg: C.Config) -> str | None:
+def _parent_id(cfg: config.Config) -> str | None:
     """Run.after: train.branch_from when it names a run of the same sweep directory (a bare run id)."""
     b = cfg.train.branch_from
     return b if b is not None and "/" not in b and b not in (".", "..") else None
@@ -251,8 +164,8 @@ def _design_points(spec: dict, varied: dict, where: str, log: Callable[[str], No
     for pt in pts:
         for key in pt.overrides:
             if key in fixed:
-                raise C.ConfigError(f"{where}: key '{key}' is set by the {spec['design']['type']} design and by "
-                                    f"{fixed[key]}; remove it from {fixed[key]} (the design owns it)")
+                raise ConfigError(f"{where}: key '{key}' is set by the {spec['design']['type']} design and by "
+                                  f"{fixed[key]}; remove it from {fixed[key]} (the design owns it)")
     return pts
 
 
@@ -275,9 +188,9 @@ def expand_spec(spec: dict, where: str = "sweep", log: Callable[[str], None] | N
                     overrides["train.branch_from"] = ids[pt.parent]
                 try:
                     cfg = _config(spec, overrides)
-                except C.ConfigError as e:
+                except ConfigError as e:
                     at = f" (run {label(shown)})" if shown else ""
-                    raise C.ConfigError(f"{where}{at}: {e}") from None
+                    raise ConfigError(f"{where}{at}: {e}") from None
                 rid = run_id(cfg)
                 ids.append(rid)
                 runs.setdefault(rid, Run(rid, cfg, shown, after=_parent_id(cfg)))
@@ -318,11 +231,11 @@ def parse_flops_per_s(text: str | None) -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise C.ConfigError(f"--flops-per-s: expected a positive number (e.g. 5e10) or 'measure', got {text!r}")
+        raise ConfigError(f"--flops-per-s: expected a positive number (e.g. 5e10) or 'measure', got {text!r}")
     return value
 
 
-def _run_flops(cfg: C.Config) -> tuple[int, int]:
+def _run_flops(cfg: config.Config) -> tuple[int, int]:
     """(FLOPs of the run's whole D, FLOPs it trains itself: a branch inherits its parent's steps up to s, plus
     eval forward passes)."""
     from testbed import shapes
@@ -373,6 +286,15 @@ def format_table(rows: list[dict]) -> str:
                      for line in [header, *body])
 
 
+def format_dry_run(rows: list[dict], flops_per_s: float) -> str:
+    """The dry run's last line: runs, done, training FLOPs and the estimated time of what is left."""
+    flops = sum(r["flops_trained"] for r in rows)
+    est = fmt_seconds(sum(r["est_s"] for r in rows if r["status"] not in DONE))
+    return (f"{len(rows)} runs, {sum(r['status'] in DONE for r in rows)} done, {flops:.3g} training FLOPs in all; "
+            f"est. time {est} on one worker = {RUN_OVERHEAD_S:.0f}s per run + FLOPs / {flops_per_s:.3g} FLOP/s "
+            "(--flops-per-s) (dry run: nothing written)")
+
+
 # --- the sweep directory -----------------------------------------------------------------------------------
 
 def write_sweep_files(spec: dict, runs: list[Run], out_dir: Path, source: str) -> None:
@@ -401,17 +323,17 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
         log = lambda s: print(s, file=sys.stderr, flush=True)
     for flag, value in (("--workers", workers), ("--pack", pack)):  # before anything is written
         if value is not None and value < 1:
-            raise C.ConfigError(f"{flag}: must be >= 1, got {value}")
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
     if layout not in plan.LAYOUT_MODES:
-        raise C.ConfigError(f"--layout: unknown '{layout}'; choose one of {', '.join(plan.LAYOUT_MODES)}")
+        raise ConfigError(f"--layout: unknown '{layout}'; choose one of {', '.join(plan.LAYOUT_MODES)}")
     if backend not in backends.BACKENDS:
-        raise C.ConfigError(f"--backend: unknown '{backend}'; choose one of {', '.join(backends.BACKENDS)}")
+        raise ConfigError(f"--backend: unknown '{backend}'; choose one of {', '.join(backends.BACKENDS)}")
     t0 = time.perf_counter()
     spec = load_spec(sweep_path)
     runs = expand_spec(spec, where=f"sweep {sweep_path}", log=log)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise C.ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
+        raise ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
     resources = spec.get("resources", {}).get(backend, {})
     backends.check(backend, resources)
     for r in runs:  # a directory holding another config is an error before anything trains

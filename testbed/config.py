@@ -7,6 +7,7 @@ users' scripts address them. Every error names the key and the fix, and is raise
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -339,6 +340,11 @@ def identity(cfg: Config) -> dict:
 def identity_yaml(cfg: Config) -> str:
     """What run ids hash: the YAML of `identity` (equal to the pre-placement dump, so old ids are kept)."""
     return yaml.safe_dump(identity(cfg), sort_keys=False)
+
+
+def run_id(cfg: Config) -> str:
+    """A run's id: the first 12 hex digits of the sha256 of `identity_yaml` (placement such as train.mesh left out)."""
+    return hashlib.sha256(identity_yaml(cfg).encode()).hexdigest()[:12]
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -129,3 +129,15 @@ def coord_check(cfg: Config, widths: list[int] | None = None, depths: list[int] 
     return {"param": cfg.param.name, "axis": axis, "sizes": list(sizes), "steps": steps, "seeds": seeds,
             "lr": cfg.optim.lr, "batch_tokens": batch_size * seq_len, "tolerance": TOLERANCE, "modules": modules,
             "worst_ratio_4x": worst, "passed": passed}
+
+
+def format_coord_check(result: dict) -> str:
+    """`testbed coordcheck` as text: per module its per-step slope and worst 4x ratio, then the verdict."""
+    lines = []
+    for name, mod in result["modules"].items():
+        mark = "" if mod["checked"] else " (not checked)"
+        lines.append(f"{name:12s} slope/step {' '.join(f'{s:+.2f}' for s in mod['slope'])}  "
+                     f"worst 4x ratio {mod['worst_ratio_4x']:.3f}{mark}")
+    w = result["worst_ratio_4x"]
+    lines.append(f"{'PASSED' if result['passed'] else 'FAILED'}: worst 4x ratio {w['ratio']:.3f} ({w['module']})")
+    return "\n".join(lines)

@@ -35,6 +35,7 @@ from testbed.config import Config, ConfigError
 from testbed.data import Source, make_source
 from testbed.loop import Member, make_member, train_members
 from testbed.model import init_params, param_info
+from testbed.runstore import RunDir
 from testbed.train import Evaluator, init_state, make_eval_step, make_train_step
 from testbed.vmappable import VMAPPABLE, pack_conflict, pack_key, solo_reason
 
@@ -178,6 +179,17 @@ def train_pack(cfgs: list[Config], out_dirs: list[str | Path], progress: bool = 
 
     return train_members(members, fresh_state, lambda group, start: PackProgram(group, tx, tmpl, start),
                          packed=True, progress=progress, log=log, should_stop=should_stop)
+
+
+def configs_of(run_dirs: list[str | Path]) -> list[Config]:
+    """Each run directory's resolved config (what `testbed train-pack RUN_DIR...` trains); a ConfigError naming
+    the first directory without one."""
+    runs = [RunDir(d) for d in run_dirs]
+    missing = [str(r.path) for r in runs if not r.has_config]
+    if missing:
+        raise ConfigError(f"train-pack: {missing[0]} has no config.yaml; each RUN_DIR must hold its resolved "
+                          "config (testbed sweep writes them)")
+    return [r.load_config() for r in runs]
 
 
 def _batches(cfg: Config, sources: list[Source]) -> Callable[[int], np.ndarray]:

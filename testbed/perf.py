@@ -75,3 +75,8 @@ def bench_train_step(cfg: Config, steps: int = 10) -> dict:
         "mfu": achieved / peak, "params_total": acc.params_total, "device": str(jax.devices()[0]),
         "backend": jax.default_backend(), "dtype": cfg.train.compute_dtype, "steps_timed": steps,
     }
+
+
+def format_bench(result: dict) -> str:
+    """`testbed bench` as text: one `key value` line per measurement."""
+    return "\n".join(f"{k:20s} {v}" for k, v in result.items())

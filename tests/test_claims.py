@@ -84,7 +84,7 @@ def test_waves_order_branches_after_parents():
 def test_four_concurrent_workers_train_each_run_exactly_once(tmp_path):
     spec = write_sweep(tmp_path, set=TINY, grid={"optim.lr": [1e-3, 2e-3, 4e-3], "seed": [0, 1]})
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out)]
+    cmd = [sys.executable, "-m", "testbed.launch.cli", "sweep", str(spec), "--out", str(out)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
@@ -111,7 +111,7 @@ def test_status_shows_running_incomplete_and_pending(tmp_path, cli):
     a, b, _ = (out / r.run_id for r in runs)
     p = _holder_proc(a)
     b.mkdir(parents=True)
-    (b / "config.yaml").write_text(sweep.C.dump_yaml(runs[1].cfg))
+    (b / "config.yaml").write_text(sweep.config.dump_yaml(runs[1].cfg))
     (b / "metrics.jsonl").write_text(json.dumps({"step": 2, "train_loss": 3.5, "wall_s": 1.0}) + "\n")
     try:
         assert runner.run_status(a) == "running"

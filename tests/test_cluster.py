@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 import subprocess
 
+from testbed.launch.cli import build_parser, main
+
 from testbed import config as C
-from testbed.cli import build_parser, main
 from testbed.preempt import REQUEUE_EXIT
 
 from .conftest import ROOT
@@ -38,7 +39,7 @@ def test_slurm_script_requeues_on_the_requeue_code(capsys, tmp_path):
     (path := tmp_path / "job.sh").write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0  # valid shell
     argv = srun_argv(script)
-    assert argv[:8] == ["/opt/venv/bin/python", "-m", "testbed.cli", "train", TINY, "--out", "/shared/runs/big",
+    assert argv[:8] == ["/opt/venv/bin/python", "-m", "testbed.launch.cli", "train", TINY, "--out", "/shared/runs/big",
                         "--no-progress"]
     args = build_parser().parse_args(argv[3:])  # what every task runs, read by testbed's own parser
     cfg = C.load(args.config, args.overrides)
@@ -64,7 +65,7 @@ def test_tpu_command_runs_on_every_worker(capsys):
     assert argv[:10] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32", "--zone", "us-central2-b",
                          "--worker=all", "--command"]
     remote = argv[10]
-    assert remote.startswith("cd /home/me/testbed && python3 -m testbed.cli train ")
+    assert remote.startswith("cd /home/me/testbed && python3 -m testbed.launch.cli train ")
     assert "--set train.mesh.data=-1 --set train.distributed=true" in remote and "--out gs-fuse/runs/a" in remote
 
 

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from testbed.launch import sweep
+from testbed.launch import cli, sweep
 
-from testbed import cli, schedules, shapes
 from testbed import config as C
+from testbed import schedules, shapes
 
 from .conftest import ROOT
 

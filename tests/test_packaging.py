@@ -15,7 +15,7 @@ def test_wheel_maps_launch_and_analysis_under_the_testbed_namespace(tmp_path):
     (wheel,) = tmp_path.glob("testbed-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for mod in ("testbed/launch/__init__.py", "testbed/analysis/__init__.py", "testbed/data/synthetic.py",
-                "testbed/data/text.py", "testbed/cli.py"):
+                "testbed/data/text.py", "testbed/launch/cli/__init__.py"):
         assert mod in names, mod
     assert not any(n.startswith(("launch/", "analysis/", "tests/")) for n in names)
     target = tmp_path / "site"

@@ -34,7 +34,7 @@ def checkpoints(run_dir) -> list[int]:
 
 
 def train_cmd(out) -> list[str]:
-    return [sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(out), *ARGS]
+    return [sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out", str(out), *ARGS]
 
 
 @pytest.fixture(scope="module")

@@ -96,8 +96,8 @@ def test_distributed_detection():
 def test_mesh_is_placement_not_identity(tmp_path):
     """Run ids and the resume check ignore train.mesh: a run resumes on another mesh, sweeps keep their ids."""
     from testbed.launch import sweep
+    from testbed.launch.cli import default_run_dir
 
-    from testbed.cli import default_run_dir
     from testbed.runstore import RunDir
 
     base = C.load(TINY, FAST)
@@ -220,8 +220,8 @@ def _start_pair(env: dict, out, sets: list[str]) -> list[subprocess.Popen]:
     for pid in range(2):
         penv = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                 "JAX_PROCESS_ID": str(pid), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(out),
-                                       *args, "--no-progress"], env=penv, cwd=ROOT, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out",
+                                       str(out), *args, "--no-progress"], env=penv, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     return procs
 

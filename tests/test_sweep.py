@@ -8,10 +8,10 @@ import time
 
 import pytest
 import yaml
-from testbed.launch import layout, sweep
+from testbed.launch import cli, layout, sweep
 
-from testbed import cli, shapes
 from testbed import config as C
+from testbed import shapes
 
 from .conftest import ROOT
 

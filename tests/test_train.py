@@ -129,10 +129,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path):
             *[x for kv in FAST for x in ("--set", kv)], "--no-progress"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(full), *args],
+    r = subprocess.run([sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out", str(full), *args],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(cut), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out", str(cut), *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     killed_at = None
@@ -148,7 +148,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path):
     proc.wait()
     assert killed_at is not None and killed_at < 150, "the run finished before it could be killed"
     assert not (cut / "summary.json").exists()  # a killed run never looks complete
-    r = subprocess.run([sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(cut), *args],
+    r = subprocess.run([sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out", str(cut), *args],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr

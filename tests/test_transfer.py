@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 from testbed.analysis import transfer as T
+from testbed.launch.cli import main
 
-from testbed.cli import main
 from testbed.config import ConfigError
 
 from .conftest import ROOT

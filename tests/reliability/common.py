@@ -25,7 +25,7 @@ SUMMARY_KEYS = ("status", "steps", "tokens", "flops", "final_train_loss", "final
 
 
 def train_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "testbed.cli", "train", str(TINY), "--out", str(out), *ARGS, *extra]
+    return [sys.executable, "-m", "testbed.launch.cli", "train", str(TINY), "--out", str(out), *ARGS, *extra]
 
 
 def fault_env(env: dict, fault: str | None) -> dict:

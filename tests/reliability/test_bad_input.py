@@ -3,8 +3,8 @@ sweep` and `testbed fit`. Each must exit 2 with one message naming the problem a
 ...`, no traceback), and write or overwrite nothing (a snapshot of the working directory, mtimes and bytes, before
 and after; fits are given `--plot` so a figure written anyway would show).
 
-The table runs in-process through testbed.cli.main (the exit code main returns is the process's: `sys.exit(main())`);
-two rows also run as real subprocesses."""
+The table runs in-process through testbed.launch.cli.main (the exit code main returns is the process's:
+`sys.exit(main())`); two rows also run as real subprocesses."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from testbed.launch import cli as CLI
 from testbed.launch import sweep as SW
 
-from testbed import cli as CLI
 from testbed import config as C
 
 from ..conftest import ROOT
@@ -204,7 +204,7 @@ def test_the_table_covers_what_the_issue_lists():
 
 @pytest.mark.parametrize("name", ["run-dir-of-another-config", "csv-all-losses-NaN"])
 def test_as_a_real_process(name, tmp_path):
-    """Two rows through `python -m testbed.cli`: the process's exit status is 2 and stderr holds the one line."""
+    """Two rows through `python -m testbed.launch.cli`: the process's exit status is 2 and stderr holds the one line."""
     case = next(c for c in CASES if c[0] == name)
     _, cmd, setup, extra, needles = case
     extra = [_run_dir_of_other_config(tmp_path) if x == "@run" else x for x in extra]

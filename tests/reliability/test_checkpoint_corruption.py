@@ -130,7 +130,7 @@ def test_a_pack_member_with_a_corrupted_checkpoint_falls_back_too(reference, jax
     b.mkdir()
     cfg = C.from_dict({**yaml.safe_load((a / "config.yaml").read_text()), "seed": 1})
     (b / "config.yaml").write_text(C.dump_yaml(cfg))
-    r = subprocess.run([sys.executable, "-m", "testbed.cli", "train-pack", str(a), str(b), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "testbed.launch.cli", "train-pack", str(a), str(b), "--no-progress"],
                        env=jax_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"WARNING: {a / 'checkpoints' / str(LATEST)}: checkpoint cannot be restored" in r.stderr

@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from testbed import cli as CLI
+from testbed.launch import cli as CLI
 
 N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e11, 5)))
 

@@ -113,7 +113,7 @@ def test_a_full_disk_in_a_pack_is_the_same_one_line_error(reference, jax_env, tm
     for seed, d in enumerate(dirs):
         d.mkdir()
         (d / "config.yaml").write_text(config.dump_yaml(config.from_dict({**raw, "seed": seed})))
-    cmd = [sys.executable, "-m", "testbed.cli", "train-pack", *map(str, dirs), "--no-progress"]
+    cmd = [sys.executable, "-m", "testbed.launch.cli", "train-pack", *map(str, dirs), "--no-progress"]
     run = lambda fault=None: subprocess.run(cmd, env=fault_env(jax_env, fault), cwd=ROOT, capture_output=True,
                                             text=True, timeout=300)
     r = run("enospc:append:metrics.jsonl@25")

@@ -15,8 +15,7 @@ import numpy as np
 import yaml
 from testbed.analysis import report
 from testbed.launch import claims, sweep
-
-from testbed import cli as CLI
+from testbed.launch import cli as CLI
 
 from ..test_load import summary as fake_summary
 from ..test_load import write_run
@@ -29,7 +28,7 @@ BASE = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in SETS)}
 
 
 def _sweep_cmd(spec, out):
-    return [sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--workers", "1",
+    return [sys.executable, "-m", "testbed.launch.cli", "sweep", str(spec), "--out", str(out), "--workers", "1",
             "--pack", "1"]
 
 

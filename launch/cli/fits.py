@@ -1,0 +1,188 @@
+"""`testbed` commands for analysis: fit, compare, simulate, plot, report, transfer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from testbed.analysis import registry
+from testbed.launch.cli.spec import Command, arg, stderr
+
+
+def _emit(args, out: dict, plot, text) -> int:
+    """--plot (the figure's path goes into the output), then JSON or the text report."""
+    from testbed.analysis import report
+
+    if args.plot:
+        plot(args.plot)
+        out["plot"] = args.plot
+    print(json.dumps(report.jsonable(out)) if args.json else text(out))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from testbed.analysis import load
+
+    out, objs = registry.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
+                             bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
+    return _emit(args, out, lambda path: registry.plot(objs, out, path), registry.get(args.law).format)
+
+
+def cmd_compare(args) -> int:
+    from testbed.analysis import compare, load
+
+    out, curves = compare.compare(args.a, args.b, law=args.law, bootstrap=args.bootstrap, seed=args.seed,
+                                  columns=load.parse_columns(args.columns), filter=args.filter)
+    return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
+
+
+def _read_sweep(path: Path) -> list[dict]:
+    """A sweep file's runs (N = params_total, D = tokens, exact FLOPs) for `testbed simulate --design SWEEP.yaml`."""
+    from testbed.launch import sweep
+
+    return sweep.describe(sweep.expand(path))
+
+
+def cmd_simulate(args) -> int:
+    from testbed.analysis import report, simulate
+
+    params = simulate.parse_params(args.law, args.params)
+    if args.design == "plan":
+        from testbed.analysis import simplan
+
+        out = simplan.compare(params, args.noise, args.grid, target=args.target, target_flops=args.target_flops,
+                              k=args.k, repeats=args.repeats or 10, bootstrap=args.bootstrap, seed=args.seed,
+                              log=stderr)
+        if args.plot:
+            simplan.plot(out, args.plot)
+        print(json.dumps(report.jsonable(out)) if args.json else simplan.format_text(out))
+        return 0
+    out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset,
+                            repeats=args.repeats or 100, bootstrap=args.bootstrap,
+                            methods=tuple(m for m in args.methods.split(",") if m.strip()),
+                            target_flops=args.target_flops, seed=args.seed, log=stderr, read_sweep=_read_sweep)
+    print(json.dumps(report.jsonable(out)) if args.json else simulate.format_text(out))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from testbed.analysis import load, plotkinds, report
+
+    fits = plotkinds.Fits(args.data, columns=load.parse_columns(args.columns), filter=args.filter,
+                          bootstrap=args.bootstrap, seed=args.seed, holdout=args.holdout)
+    section = plotkinds.draw(args.kind, fits, Path(args.out or f"{args.kind}.png"))
+    print(json.dumps(report.jsonable(plotkinds.summary(section))) if args.json else plotkinds.format_section(section))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from testbed.analysis import html
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else html.REPORT_KINDS
+    out = html.build(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed, kinds=kinds,
+                     holdout=args.holdout, progress=stderr)
+    print(json.dumps(out) if args.json else html.format_built(out))
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from testbed.analysis import transfer
+
+    table = transfer.load_runs(args.sweep_dir, metric=args.metric)
+    result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap)
+    if args.plot:
+        result["plot"] = str(transfer.plot_transfer(result, table, args.plot))
+    print(json.dumps(result) if args.json else transfer.format_report(result))
+    return 0
+
+
+JSON = arg("--json", action="store_true")
+SEED = arg("--seed", type=int, default=0)
+DATA = arg("data", help="a sweep directory, or a .csv/.csv.gz/.parquet file")
+LAWS_HELP = "laws:\n" + "\n".join(f"  {e.name:14s} {e.description}" for e in registry.ENTRIES)
+
+COMMANDS = (
+    Command("fit", "fit a scaling law to a sweep directory or a CSV, with bootstrap CIs", (
+        arg("law", help=" | ".join(registry.names())),
+        DATA,
+        arg("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
+            " (D = C / 6N when only C is given)"),
+        arg("--filter", help="keep rows matching a pandas query, e.g. \"loss < 3\" or \"`model.d_model` >= 64\""),
+        arg("--bootstrap", type=int, default=0, metavar="K", help="K resamples of the points for CIs"),
+        arg("--holdout", help="fit the other rows, predict these (a pandas expression, e.g. \"C > 1e21\")"),
+        arg("--seed", type=int, default=0, help="bootstrap seed"),
+        arg("--predict", help="the law's loss at points, e.g. \"N=1e9,D=2e10;N=7e10,D=1.4e12\" (with a CI "
+            "under --bootstrap)"),
+        JSON,
+        arg("--plot", help="write the fit figure here (.png, .svg or .pdf)"),
+    ), cmd_fit, epilog=LAWS_HELP),
+    Command("compare", "fit one law to two sweeps; differences, L*(C) across compute, crossover", (
+        arg("a", help="sweep directory or CSV (recipe A)"),
+        arg("b", help="sweep directory or CSV (recipe B)"),
+        arg("--law", default="chinchilla", help="chinchilla | chinchilla-vp"),
+        arg("--bootstrap", type=int, default=200, metavar="K", help="resamples per sweep (>= 20)"),
+        arg("--columns", help="column mapping for CSV inputs, as in testbed fit"),
+        arg("--filter", help="pandas query applied to both inputs"),
+        SEED,
+        JSON,
+        arg("--plot", help="write the comparison figure here"),
+    ), cmd_compare),
+    Command("simulate", "synthetic losses from a known law on a design, refitted: each method's bias and CI "
+            "coverage for the parameters and the compute-optimal target (docs/simulation.md)", (
+        arg("--law", default="chinchilla", help="the true law (chinchilla)"),
+        arg("--params", help="its parameters, e.g. E=1.8,A=400,B=2000,alpha=0.34,beta=0.37"),
+        arg("--noise", default="lognormal:0.01", help="lognormal:SIGMA | hetero:SIGMA (sigma x (N/N_min)^-0.5)"
+            " | seed:SIGMA (one draw per model size + SIGMA/4 per point); SIGMA in log loss"),
+        arg("--design", required=True, help="a sweep YAML (N = params_total, D = tokens), or "
+            "isoflop:C1,C2,...:K:SPAN (K sizes over SPAN decades centred on the true N_opt(C)), or plan "
+            "(the adaptive plan vs --grid: compute each needs for the same interval at the target)"),
+        arg("--grid", default="isoflop:1e18,1e19,1e20:7:1.5", help="--design plan: the uniform IsoFLOP grid "
+            "the adaptive plan is compared with (its 2 smallest budgets seed the plan)"),
+        arg("--target", default="loss", choices=("loss", "n_opt"), help="--design plan: the prediction whose "
+            "interval is compared (loss at the compute-optimal point, or N_opt)"),
+        arg("--k", type=int, default=4, help="--design plan: runs per plan round"),
+        arg("--plot", default=None, help="--design plan: write the width-vs-compute figure here"),
+        arg("--offset", type=float, default=1.0, help="isoflop: designs: centre the sizes on OFFSET x the "
+            "true N_opt (off-centre grids)"),
+        arg("--repeats", type=int, default=None, help="synthetic data sets (default 100; 10 with --design "
+            "plan, whose repeats each refit every round)"),
+        arg("--bootstrap", type=int, default=100, metavar="K", help="resamples per fit for the CIs"),
+        arg("--methods", default="chinchilla,isoflop", help="comma-separated: chinchilla, chinchilla-vp, "
+            "isoflop (default chinchilla,isoflop)"),
+        arg("--target-flops", type=float, help="compute for the N_opt / loss prediction (default 10x the "
+            "design's largest)"),
+        SEED,
+        JSON,
+    ), cmd_simulate),
+    Command("plot", "one paper-style figure from a sweep directory or a published table", (
+        arg("kind", help="curves | compute | isoflop | envelope | contour | holdout | transfer | schedules | "
+            "landscape | critbatch | overtrain | downstream"),
+        DATA,
+        arg("--out", help="figure path (.png, .svg or .pdf; default KIND.png)"),
+        arg("--columns", help="column mapping for tables, as in testbed fit"),
+        arg("--filter", help="pandas query on the rows, as in testbed fit"),
+        arg("--holdout", help="holdout: the rows to predict (default: the largest-compute fifth)"),
+        arg("--bootstrap", type=int, default=200, metavar="K", help="resamples for bands and CIs"),
+        SEED,
+        arg("--json", action="store_true", help="print the figure path and the fit behind it as JSON"),
+    ), cmd_plot),
+    Command("report", "a static HTML report of a sweep: run table, fits with CIs, figures, warnings", (
+        arg("sweep_dir", help="a sweep directory written by testbed sweep"),
+        arg("--out", required=True, help="output directory (index.html, figures/, report.json)"),
+        arg("--bootstrap", type=int, default=200, metavar="K", help="resamples for CIs and bands"),
+        arg("--holdout", help="runs to hold out for the predicted-vs-observed figure (default: the "
+            "largest-compute fifth)"),
+        arg("--kinds", help="comma-separated subset of the figures (default: all that apply)"),
+        SEED,
+        JSON,
+    ), cmd_report),
+    Command("transfer", "LR/WD transfer across width or depth, from a sweep's run directories", (
+        arg("sweep_dir", help="directory whose subdirectories are run directories"),
+        arg("--hp", default="optim.lr", help="the swept hyperparameter (default optim.lr)"),
+        arg("--axis", default="model.d_model", help="the scaled dimension (default model.d_model)"),
+        arg("--metric", default="final_eval_loss", help="final_eval_loss | final_train_loss"),
+        arg("--bootstrap", type=int, default=1000, help="seed resamples for the CI of log2 opt (0: none)"),
+        arg("--json", action="store_true", help="print the result as one JSON line"),
+        arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
+    ), cmd_transfer),
+)
