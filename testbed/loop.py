@@ -192,29 +192,34 @@ class _Clock:
 
 def _train_group(ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest) -> None:
     """The step loop for members resuming from `start`; sets each member's status and summary."""
-    cfg, packed = ms[0].cfg, program.describe().get("packed")
-    tr, total, tokens_per_step = cfg.train, cfg.total_steps, cfg.tokens_per_step
-    acc = shapes.count(cfg)
     for m in ms:
         m.state = None  # the program holds the states now
-    sigma_every = tr.eval_every if tr.sigma_every is None else tr.sigma_every
-    keep_steps = set(tr.checkpoint_steps)  # saved, kept and evaluated (branch points)
-    bar = _progress_bar(total, start, len(ms)) if progress else None
-    clock = _Clock(start * tokens_per_step)
-    stopping = False  # from the signal flag (one process) or from the processes' vote (several)
+    _GroupLoop(ms, program, start, progress, log, stop).run()
 
-    def finish(step: int, metrics, ev, sig) -> list[tuple[Member, dict]]:
+
+class _GroupLoop:
+    """One group's steps: dispatch step t, read step t-1's metrics while it runs, log, checkpoint, stop."""
+
+    def __init__(self, ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest):
+        self.ms, self.program, self.start, self.log, self.stop = ms, program, start, log, stop
+        self.cfg = ms[0].cfg
+        self.total, self.tokens_per_step = self.cfg.total_steps, self.cfg.tokens_per_step
+        self.acc = shapes.count(self.cfg)
+        self.bar = _progress_bar(self.total, start, len(ms)) if progress else None
+        self.clock = _Clock(start * self.tokens_per_step)
+        self.stopping = False  # from the signal flag (one process) or from the processes' vote (several)
+
+    def finish(self, step: int, metrics, ev, sig) -> list[tuple[Member, dict]]:
         """Step's device metrics (and eval, sigma_max) as one row per live member; blocks until ready."""
-        nonlocal stopping
-        host = program.host_rows(metrics, ev, sig)
-        tokens = step * tokens_per_step
-        rate, elapsed = clock.tick(tokens)
+        host = self.program.host_rows(metrics, ev, sig)
+        tokens = step * self.tokens_per_step
+        rate, elapsed = self.clock.tick(tokens)
         out = []
-        for m, part in zip(ms, host, strict=True):
-            stopping = stopping or bool(part["metrics"].pop("stop_vote", 0.0))
+        for m, part in zip(self.ms, host, strict=True):
+            self.stopping = self.stopping or bool(part["metrics"].pop("stop_vote", 0.0))
             if m.status is not None:
                 continue
-            row = {"step": step, "tokens": tokens, "flops": tokens * acc.flops_per_token, **part["metrics"],
+            row = {"step": step, "tokens": tokens, "flops": tokens * self.acc.flops_per_token, **part["metrics"],
                    "tokens_per_s": rate, "wall_s": m.wall0 + elapsed}
             epochs = m.source.epochs_at(tokens)
             if epochs is not None:
@@ -229,79 +234,91 @@ def _train_group(ms: list[Member], program: Program, start: int, progress: bool,
             out.append((m, row))
         return out
 
-    def keep(row: dict) -> bool:
-        return row["step"] % tr.log_every == 0 or row["step"] == total or "eval_loss" in row or not finite(row)
+    def keep(self, row: dict) -> bool:
+        """Rows written to metrics.jsonl: every log_every-th, the last, evals, and any non-finite one."""
+        return (row["step"] % self.cfg.train.log_every == 0 or row["step"] == self.total or "eval_loss" in row
+                or not finite(row))
 
-    def record(done: list[tuple[Member, dict]]) -> None:
+    def record(self, done: list[tuple[Member, dict]]) -> None:
         """Appends rows per member; a member with a non-finite row is diverged and its summary written now."""
-        for m in ms:
-            m.run.append_metrics([r for mm, r in done if mm is m and keep(r)])
+        for m in self.ms:
+            m.run.append_metrics([r for mm, r in done if mm is m and self.keep(r)])
         for m, r in done:
             if m.status is None and not finite(r):
                 m.status = "diverged"
-                _finalize(m, program, start, acc, log)
-        if done and bar is not None:
+                _finalize(m, self.program, self.start, self.acc, self.log)
+        if done and self.bar is not None:
             last = [r for _, r in done if r["step"] == done[-1][1]["step"]]
-            bar.update(last[0]["step"] - bar.n)
-            bar.set_postfix(loss=f"{min(r['train_loss'] for r in last):.4f}",
-                            tok_s=f"{last[0]['tokens_per_s'] * len(last):.0f}", refresh=False)
+            self.bar.update(last[0]["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{min(r['train_loss'] for r in last):.4f}",
+                                 tok_s=f"{last[0]['tokens_per_s'] * len(last):.0f}", refresh=False)
 
-    def save(step: int) -> None:
-        for k, m in enumerate(ms):
+    def save(self, step: int) -> None:
+        for k, m in enumerate(self.ms):
             if m.status is None:
-                checkpoints.save(m.mngr, step, program.member_state(k))
+                checkpoints.save(m.mngr, step, self.program.member_state(k))
 
-    inflight = None  # (step, metrics, eval, sigma) dispatched but not yet read
-    batch = program.batch_at(start) if start < total else None
-    step = saved = start
-    for i in range(start, total):
-        stopping = stopping or (not program.voting and stop())
-        if stopping:
-            break
-        step = i + 1
-        metrics = program.step(batch, stop() if program.voting else False)
-        faults.point("step", at=step)
-        is_eval = step % tr.eval_every == 0 or step == total or step in keep_steps
-        ev = program.dispatch_eval() if is_eval else None
-        if is_eval:
-            faults.point("eval", at=step)
-        is_sigma = sigma_every and (step % sigma_every == 0 or step == total)
-        sig = program.dispatch_sigma() if is_sigma else None
-        if step < total:
-            batch = program.batch_at(step)  # host-side data work overlaps the device step
-        done = finish(*inflight) if inflight is not None else []  # step - 1, read while step runs
-        inflight = (step, metrics, ev, sig)
-        is_ckpt = step % tr.checkpoint_every == 0 or step == total or step in keep_steps
-        if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
-            done += finish(*inflight)
-            inflight = None
-        record(done)
-        if all(m.status is not None for m in ms):
-            break
-        if is_ckpt:
-            save(step)
-            faults.point("checkpoint", at=step)
-            saved = step
-    preempted = stopping and step < total and any(m.status is None for m in ms)
-    if preempted:  # rows in flight, then a checkpoint at this step; no summary, so the same command resumes
-        if inflight is not None:
-            record(finish(*inflight))
-        if step > saved:
-            save(step)
-    for m in ms:
-        m.mngr.wait_until_finished()
-    if bar is not None:
-        bar.close()
-    faults.point("finalize")
-    if preempted:
-        who = f"pack of {len(ms)}" if packed else str(ms[0].run.path)
-        log(f"{who}: stopped by {stop.describe()} at step {step}; checkpointed, the same command resumes")
-    for m in ms:
-        if m.status is None and not preempted:
-            m.status = "completed"
-            _finalize(m, program, start, acc, log)
-        elif m.status is None:
-            m.summary = {"status": "incomplete", "steps": step}
+    def run(self) -> None:
+        tr, total, program = self.cfg.train, self.total, self.program
+        sigma_every = tr.eval_every if tr.sigma_every is None else tr.sigma_every
+        keep_steps = set(tr.checkpoint_steps)  # saved, kept and evaluated (branch points)
+        inflight = None  # (step, metrics, eval, sigma) dispatched but not yet read
+        batch = program.batch_at(self.start) if self.start < total else None
+        step = saved = self.start
+        for i in range(self.start, total):
+            self.stopping = self.stopping or (not program.voting and self.stop())
+            if self.stopping:
+                break
+            step = i + 1
+            metrics = program.step(batch, self.stop() if program.voting else False)
+            faults.point("step", at=step)
+            is_eval = step % tr.eval_every == 0 or step == total or step in keep_steps
+            ev = program.dispatch_eval() if is_eval else None
+            if is_eval:
+                faults.point("eval", at=step)
+            is_sigma = sigma_every and (step % sigma_every == 0 or step == total)
+            sig = program.dispatch_sigma() if is_sigma else None
+            if step < total:
+                batch = program.batch_at(step)  # host-side data work overlaps the device step
+            done = self.finish(*inflight) if inflight is not None else []  # step - 1, read while step runs
+            inflight = (step, metrics, ev, sig)
+            is_ckpt = step % tr.checkpoint_every == 0 or step == total or step in keep_steps
+            if is_ckpt:  # a checkpoint at step s is only saved once rows <= s are on disk
+                done += self.finish(*inflight)
+                inflight = None
+            self.record(done)
+            if all(m.status is not None for m in self.ms):
+                break
+            if is_ckpt:
+                self.save(step)
+                faults.point("checkpoint", at=step)
+                saved = step
+        self.end(step, saved, inflight)
+
+    def end(self, step: int, saved: int, inflight) -> None:
+        """Preempted: rows in flight, then a checkpoint at this step and no summary (the same command resumes).
+        Else: checkpoints committed, then each live member's summary, written last."""
+        preempted = self.stopping and step < self.total and any(m.status is None for m in self.ms)
+        if preempted:
+            if inflight is not None:
+                self.record(self.finish(*inflight))
+            if step > saved:
+                self.save(step)
+        for m in self.ms:
+            m.mngr.wait_until_finished()
+        if self.bar is not None:
+            self.bar.close()
+        faults.point("finalize")
+        if preempted:
+            who = f"pack of {len(self.ms)}" if self.program.describe().get("packed") else str(self.ms[0].run.path)
+            self.log(f"{who}: stopped by {self.stop.describe()} at step {step}; checkpointed, the same command "
+                     "resumes")
+        for m in self.ms:
+            if m.status is None and not preempted:
+                m.status = "completed"
+                _finalize(m, self.program, self.start, self.acc, self.log)
+            elif m.status is None:
+                m.summary = {"status": "incomplete", "steps": step}
 
 
 def _progress_bar(total: int, start: int, k: int):
