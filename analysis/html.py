@@ -9,7 +9,7 @@ report never leaves a half-written DIR.
 
 from __future__ import annotations
 
-import datetime as dt
+import datetime
 import html
 import json
 import shutil
@@ -202,7 +202,7 @@ def format_built(out: dict) -> str:
 
 def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str],
           preface: str | None = None) -> str:
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     toc = " · ".join(f"<a href='#{s.kind}'>{html.escape(s.kind)}</a>" for s, _ in sections)
     warn = ("".join(f"<div class='warn'>{html.escape(w)}</div>" for w in warnings) if warnings

@@ -15,11 +15,11 @@ import json
 import platform
 import time
 
-from testbed import config as C
+from testbed import config
 from testbed.data import make_source
 
 
-def loader_tokens_per_s(cfg: C.Config, seconds: float) -> dict:
+def loader_tokens_per_s(cfg: config.Config, seconds: float) -> dict:
     source = make_source(cfg.data, cfg.model.vocab_size, cfg.seed)
     B, L = cfg.train.batch_size, cfg.data.seq_len
     source.train_batch(0, B)  # tables built, caches warm
@@ -42,10 +42,10 @@ def main() -> None:
     args = ap.parse_args()
     for L in (int(x) for x in args.seq_len.split(",")):
         sets = [f"data.seq_len={L}", f"train.batch_size={args.batch_size}", "train.steps=1000"]
-        cfg = C.load(None, sets)
+        cfg = config.load(None, sets)
         print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": platform.machine()}))
         if args.text:
-            cfg = C.load(None, [*sets, "data.source=text", f"data.path={args.text}", "data.tokenizer=byte"])
+            cfg = config.load(None, [*sets, "data.source=text", f"data.path={args.text}", "data.tokenizer=byte"])
             print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": platform.machine()}))
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed import config as C
+from testbed import config
 from testbed.shapes import ladder
 from testbed.train import train
 
 
 def run_one(out: Path, width: int, tokens: int, seq_len: int, batch: int) -> dict:
     shape = ladder(width, depth=2, head_dim=32)
-    cfg = C.load(None, [*(f"model.{k}={v}" for k, v in shape.items()), f"data.seq_len={seq_len}",
+    cfg = config.load(None, [*(f"model.{k}={v}" for k, v in shape.items()), f"data.seq_len={seq_len}",
                         f"train.batch_size={batch}", f"train.tokens={tokens}", f"optim.lr={1e-2 * 64 / width}",
                         "optim.warmup_steps=20", "optim.schedule=cosine", "train.eval_every=100000",
                         "train.checkpoint_every=100000", "data.eval_sequences=256"])

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import fit as F
-from testbed.analysis import laws
+from testbed.analysis import fit, laws
 
 CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "epoch_chinchilla" / "svg_extracted_data.csv"
 
@@ -29,7 +28,7 @@ def main() -> None:
     N = df["Model Size"].to_numpy(float)
     X, y = np.stack([N, df["Training FLOP"].to_numpy(float) / (6 * N)], 1), df["loss"].to_numpy(float)
     t0 = time.perf_counter()
-    r = F.fit(laws.CHINCHILLA, X, y, bootstrap=args.bootstrap)
+    r = fit.fit(laws.CHINCHILLA, X, y, bootstrap=args.bootstrap)
     wall = time.perf_counter() - t0
     print(json.dumps({"points": len(y), "starts": r.diagnostics["starts"], "bootstrap": args.bootstrap,
                       "wall_s": round(wall, 2), "grid_fit_s": r.diagnostics["grid_fit_s"],

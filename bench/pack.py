@@ -19,7 +19,7 @@ import sys
 
 from testbed.launch.layout import candidates, cores_available, measure, report
 
-from testbed import config as C
+from testbed import config
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     cores = cores_available()
     packs = [int(k) for k in args.packs.split(",")]
     for width in (int(w) for w in args.widths.split(",")):
-        cfg = C.load(args.config, [*args.overrides, f"model.d_model={width}"])
+        cfg = config.load(args.config, [*args.overrides, f"model.d_model={width}"])
         layouts = list(dict.fromkeys(lay for k in packs for lay in candidates(k, len(cores))))
         load = os.getloadavg()
         results = measure(cfg, layouts, args.duration, args.rounds, cores, log=lambda s: print(s, file=sys.stderr))

@@ -45,9 +45,10 @@ def main() -> None:
         "set": {"model.d_model": args.d_model, "train.steps": args.steps, "train.eval_every": args.steps,
                 "train.checkpoint_every": args.steps},
         "grid": {"seed": list(range(args.runs))}}))
-    from testbed import config as C
+    from testbed import config
 
-    cfg = C.load(str(ROOT / "configs" / "tiny.yaml"), [f"model.d_model={args.d_model}", f"train.steps={args.steps}"])
+    cfg = config.load(str(ROOT / "configs" / "tiny.yaml"),
+                      [f"model.d_model={args.d_model}", f"train.steps={args.steps}"])
     tokens = args.runs * args.steps * cfg.tokens_per_step
     t_measure = time.perf_counter()
     from testbed.launch import layout

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from testbed import config as C
+from testbed import config
 from testbed.perf import bench_train_step
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     for width in (int(w) for w in args.widths.split(",")):
-        cfg = C.load(None, ["train.steps=100", f"model.d_model={width}", "model.n_layers=4",
+        cfg = config.load(None, ["train.steps=100", f"model.d_model={width}", "model.n_layers=4",
                             f"model.n_heads={max(1, width // 64)}", "model.vocab_size=256", "data.seq_len=256",
                             "train.batch_size=16", *args.overrides])
         print(json.dumps({"d_model": width, **bench_train_step(cfg, steps=args.steps)}), flush=True)
