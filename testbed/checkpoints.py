@@ -82,7 +82,10 @@ def restore_latest(run: RunDir, cfg: Config, state, log: Callable[[str], None]):
             mngr = open_manager(run, cfg)  # sees the steps as they now are, so step s+... are saved again
         return mngr, restored, int(step)
     listing = "; ".join(f"step {s}: {why}" for s, why in bad)
-    raise RunDirError(f"{run.checkpoint_dir}: no checkpoint can be restored ({listing}); move the checkpoints "
+    hint = (" (every step holds a train state of another structure: checkpoints written by another testbed "
+            "version, whose optimizer state differs, resume only with that version)"
+            if all("tree structures do not match" in why for _, why in bad) else "")
+    raise RunDirError(f"{run.checkpoint_dir}: no checkpoint can be restored ({listing}){hint}; move the checkpoints "
                       "directory aside to start the run from step 0, or restore it from a backup")
 
 
