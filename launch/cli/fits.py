@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from testbed.analysis import registry
 from testbed.launch.cli.spec import Command, arg, stderr
 
+from testbed.runstore import dumps
+
 
 def _emit(args, out: dict, plot, text) -> int:
     """--plot (the figure's path goes into the output), then JSON or the text report."""
-    from testbed.analysis import report
 
     if args.plot:
         plot(args.plot)
         out["plot"] = args.plot
-    print(json.dumps(report.jsonable(out)) if args.json else text(out))
+    print(dumps(out) if args.json else text(out))
     return 0
 
 
@@ -44,7 +44,7 @@ def _read_sweep(path: Path) -> list[dict]:
 
 
 def cmd_simulate(args) -> int:
-    from testbed.analysis import report, simulate
+    from testbed.analysis import simulate
 
     params = simulate.parse_params(args.law, args.params)
     if args.design == "plan":
@@ -55,23 +55,23 @@ def cmd_simulate(args) -> int:
                               log=stderr)
         if args.plot:
             simplan.plot(out, args.plot)
-        print(json.dumps(report.jsonable(out)) if args.json else simplan.format_text(out))
+        print(dumps(out) if args.json else simplan.format_text(out))
         return 0
     out = simulate.simulate(args.law, params, args.noise, args.design, offset=args.offset,
                             repeats=args.repeats or 100, bootstrap=args.bootstrap,
                             methods=tuple(m for m in args.methods.split(",") if m.strip()),
                             target_flops=args.target_flops, seed=args.seed, log=stderr, read_sweep=_read_sweep)
-    print(json.dumps(report.jsonable(out)) if args.json else simulate.format_text(out))
+    print(dumps(out) if args.json else simulate.format_text(out))
     return 0
 
 
 def cmd_plot(args) -> int:
-    from testbed.analysis import load, plotkinds, report
+    from testbed.analysis import load, plotkinds
 
     fits = plotkinds.Fits(args.data, columns=load.parse_columns(args.columns), filter=args.filter,
                           bootstrap=args.bootstrap, seed=args.seed, holdout=args.holdout)
     section = plotkinds.draw(args.kind, fits, Path(args.out or f"{args.kind}.png"))
-    print(json.dumps(report.jsonable(plotkinds.summary(section))) if args.json else plotkinds.format_section(section))
+    print(dumps(plotkinds.summary(section)) if args.json else plotkinds.format_section(section))
     return 0
 
 
@@ -81,7 +81,7 @@ def cmd_report(args) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else html.REPORT_KINDS
     out = html.build(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed, kinds=kinds,
                      holdout=args.holdout, progress=stderr)
-    print(json.dumps(out) if args.json else html.format_built(out))
+    print(dumps(out) if args.json else html.format_built(out))
     return 0
 
 
@@ -92,7 +92,7 @@ def cmd_transfer(args) -> int:
     result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap)
     if args.plot:
         result["plot"] = str(transfer.plot_transfer(result, table, args.plot))
-    print(json.dumps(result) if args.json else transfer.format_report(result))
+    print(dumps(result) if args.json else transfer.format_report(result))
     return 0
 
 

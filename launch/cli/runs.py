@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from testbed.launch.cli.spec import Command, arg, config_args, exit_code, int_list, load_config, stderr
 
 from testbed import config
+from testbed.runstore import dumps
 
 
 def default_run_dir(cfg: config.Config, config_path: str | None) -> Path:
@@ -22,7 +22,7 @@ def cmd_train(args) -> int:
 
     out = Path(args.out) if args.out else default_run_dir(cfg, args.config)
     summary = train(cfg, out, progress=not args.no_progress, log=stderr)
-    print(json.dumps({"run_dir": str(out), "status": summary["status"],
+    print(dumps({"run_dir": str(out), "status": summary["status"],
                       "final_eval_loss": summary.get("final_eval_loss")}))
     return exit_code([summary["status"]])
 
@@ -32,7 +32,7 @@ def cmd_info(args) -> int:
     from testbed import info
 
     d = info.info(cfg)
-    print(json.dumps(d) if args.json else info.format_info(d))
+    print(dumps(d) if args.json else info.format_info(d))
     return 0
 
 
@@ -41,7 +41,7 @@ def cmd_train_pack(args) -> int:
 
     dirs = [Path(d) for d in args.run_dirs]
     summaries = train_pack(configs_of(dirs), dirs, progress=not args.no_progress, log=stderr)
-    print(json.dumps([{"run_dir": str(d), "status": s["status"], "final_eval_loss": s.get("final_eval_loss")}
+    print(dumps([{"run_dir": str(d), "status": s["status"], "final_eval_loss": s.get("final_eval_loss")}
                       for d, s in zip(dirs, summaries, strict=True)]))
     return exit_code([s["status"] for s in summaries])
 
@@ -53,7 +53,7 @@ def cmd_bench(args) -> int:
     from testbed import perf
 
     result = perf.bench_train_step(cfg, steps=args.steps)
-    print(json.dumps(result) if args.json else perf.format_bench(result))
+    print(dumps(result) if args.json else perf.format_bench(result))
     return 0
 
 
@@ -63,7 +63,7 @@ def _bench_pack(args) -> int:
     overrides = [*args.overrides, *([f"model.d_model={args.d_model}"] if args.d_model else [])]
     result = layout.measure_layouts(config.load(args.config, overrides), args.pack, duration_s=args.duration,
                                     rounds=args.rounds, log=stderr)
-    print(json.dumps(result) if args.json else layout.format_measured(result))
+    print(dumps(result) if args.json else layout.format_measured(result))
     return 0
 
 
@@ -71,7 +71,7 @@ def cmd_fetch_corpus(args) -> int:
     from testbed.data.corpus import fetch_shakespeare
 
     dest = fetch_shakespeare(Path(args.out))
-    print(json.dumps({"corpus": args.name, "path": str(dest)}))
+    print(dumps({"corpus": args.name, "path": str(dest)}))
     return 0
 
 
@@ -89,7 +89,7 @@ def cmd_coordcheck(args) -> int:
         from testbed.analysis.plots import plot_coordcheck
 
         result["plot"] = str(plot_coordcheck(result, args.plot))
-    print(json.dumps(result) if args.json else diagnostics.format_coord_check(result))
+    print(dumps(result) if args.json else diagnostics.format_coord_check(result))
     return 0
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from testbed.launch.cli.spec import Command, arg, stderr
 
 from testbed.config import ConfigError
+from testbed.runstore import dumps
 
 
 def cmd_sweep(args) -> int:
@@ -16,7 +16,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         fps = sweep.parse_flops_per_s(args.flops_per_s)
         rows = sweep.describe(sweep.expand(args.sweep), args.out, flops_per_s=fps)
-        print(json.dumps(rows) if args.json else sweep.format_table(rows))
+        print(dumps(rows) if args.json else sweep.format_table(rows))
         if not args.json:
             print(sweep.format_dry_run(rows, fps), file=sys.stderr)
         return 0
@@ -24,7 +24,7 @@ def cmd_sweep(args) -> int:
         raise ConfigError("--out: pass a sweep directory, e.g. --out runs/transfer_lr (or use --dry-run)")
     summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers, pack=args.pack, layout=args.layout,
                               backend=args.backend, wait=not args.no_wait)
-    print(json.dumps(summary))
+    print(dumps(summary))
     return 0 if summary["ok"] or args.no_wait else 1
 
 
@@ -32,12 +32,11 @@ def cmd_status(args) -> int:
     from testbed.launch import status
 
     report = status.sweep_status(args.sweep_dir)
-    print(json.dumps(report) if args.json else status.format_status(report))
+    print(dumps(report) if args.json else status.format_status(report))
     return 0
 
 
 def cmd_plan(args) -> int:
-    from testbed.analysis import report
     from testbed.launch import nextruns
 
     widths = [int(w) for w in args.widths.split(",") if w.strip()] if args.widths else None
@@ -49,19 +48,18 @@ def cmd_plan(args) -> int:
                               "(e.g. 0.02: the interval spans 2% of the prediction)")
         out = nextruns.progressive(args.sweep_dir, threshold=args.threshold, max_rounds=args.max_rounds,
                                    workers=args.workers, log=stderr, **kw)
-        print(json.dumps(report.jsonable(out)))
+        print(dumps(out))
         return 0
     out = nextruns.plan(args.sweep_dir, out=args.out, stop_width=args.threshold, **kw)
-    print(json.dumps(report.jsonable(nextruns.jsonable(out))) if args.json else nextruns.format_text(out))
+    print(dumps(nextruns.jsonable(out)) if args.json else nextruns.format_text(out))
     return 0
 
 
 def cmd_quickstart(args) -> int:
-    from testbed.analysis import report
     from testbed.launch import quickstart
 
     out = quickstart.quickstart(args.out, size=args.size, workers=args.workers, log=stderr)
-    print(json.dumps(report.jsonable(out)) if args.json else quickstart.format_text(out))
+    print(dumps(out) if args.json else quickstart.format_text(out))
     return 0
 
 
