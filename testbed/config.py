@@ -147,6 +147,10 @@ class TrainConfig:
     mesh: dict[str, int] = field(default_factory=dict)  # {} one device | {data: -1} DP | {data: 2, fsdp: 4} FSDP
     # jax.distributed.initialize(): null detects (SLURM ntasks > 1, JAX_COORDINATOR_ADDRESS, TPU workers); true; false
     distributed: bool | None = None
+    platform: str = "auto"  # auto (JAX's default) | cpu | gpu | tpu: anything else is refused, never a silent CPU run
+    # auto: blocked einsums on CPU, jax.nn.dot_product_attention elsewhere (cuDNN flash attention for bfloat16 on
+    # GPU); einsum | xla | cudnn force one (float-level differences only: placement, not identity)
+    attention: str = "auto"
 
 
 @dataclass
@@ -185,11 +189,13 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine", "linear", "inverse_sqrt", "wsd"),
     "optim.cooldown_shape": ("linear", "cosine", "1-sqrt"),
     "train.compute_dtype": ("float32", "bfloat16"),
+    "train.platform": ("auto", "cpu", "gpu", "tpu"),
+    "train.attention": ("auto", "einsum", "xla", "cudnn"),
 }
 MESH_AXES = ("data", "fsdp")  # train.mesh axis names (testbed/sharding.py)
 # How a run is laid out on devices, not what it computes: left out of run ids and of the resume check, so a run
 # saved on one mesh resumes on another.
-PLACEMENT_KEYS = ("train.mesh", "train.distributed")
+PLACEMENT_KEYS = ("train.mesh", "train.distributed", "train.platform", "train.attention")
 # Keys added after run ids were in use: left out of a run's identity while at these defaults, so the ids of runs
 # that do not use them stay what they were.
 LATER_DEFAULTS = {"train.checkpoint_steps": [], "train.branch_from": None, "train.branch_step": None}

@@ -85,12 +85,13 @@ def make_member(cfg: Config, out: str | Path, run: RunDir | None = None,
 def train_members(members: list[Member], init_state: Callable[[Member], Any],
                   build: Callable[[list[Member], int], Program], *, packed: bool, progress: bool,
                   log: Callable[[str], None], should_stop: Callable[[], bool] | None,
-                  primary: bool = True) -> list[dict]:
+                  primary: bool = True, devices: dict | None = None) -> list[dict]:
     """Trains (or resumes) every unfinished member; one summary (or {'status': 'incomplete', ...}) per member.
 
     init_state(member) is a member's fresh state, placed where the program wants it (restores read shapes and
     shardings from it); build(group, start) compiles the program for members resuming from `start`. Members whose
-    checkpoints are at different steps train as one program per resume step, lowest first.
+    checkpoints are at different steps train as one program per resume step, lowest first. `devices`
+    (testbed.hardware.devices: platform, device kind and count, processes) goes into every summary.
     """
     for m in members:
         _write_config(m, _where(members))
@@ -118,7 +119,7 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
                             m.summary = {"status": "incomplete", "steps": start}
                         continue
                     _begin(active, start, packed, log)
-                    _train_group(active, build(active, start), start, progress, log, stop)
+                    _train_group(active, build(active, start), start, progress, log, stop, devices or {})
         finally:
             checkpoints.settle(managers)
     except (KeyboardInterrupt, RunDirError):
@@ -190,18 +191,21 @@ class _Clock:
         return rate, now - self.t0
 
 
-def _train_group(ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest) -> None:
+def _train_group(ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest,
+                 devices: dict) -> None:
     """The step loop for members resuming from `start`; sets each member's status and summary."""
     for m in ms:
         m.state = None  # the program holds the states now
-    _GroupLoop(ms, program, start, progress, log, stop).run()
+    _GroupLoop(ms, program, start, progress, log, stop, devices).run()
 
 
 class _GroupLoop:
     """One group's steps: dispatch step t, read step t-1's metrics while it runs, log, checkpoint, stop."""
 
-    def __init__(self, ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest):
+    def __init__(self, ms: list[Member], program: Program, start: int, progress: bool, log, stop: StopRequest,
+                 devices: dict):
         self.ms, self.program, self.start, self.log, self.stop = ms, program, start, log, stop
+        self.devices = devices
         self.cfg = ms[0].cfg
         self.total, self.tokens_per_step = self.cfg.total_steps, self.cfg.tokens_per_step
         self.acc = shapes.count(self.cfg)
@@ -246,7 +250,7 @@ class _GroupLoop:
         for m, r in done:
             if m.status is None and not finite(r):
                 m.status = "diverged"
-                _finalize(m, self.program, self.start, self.acc, self.log)
+                _finalize(m, self.program, self.start, self.acc, self.log, self.devices)
         if done and self.bar is not None:
             last = [r for _, r in done if r["step"] == done[-1][1]["step"]]
             self.bar.update(last[0]["step"] - self.bar.n)
@@ -316,7 +320,7 @@ class _GroupLoop:
         for m in self.ms:
             if m.status is None and not preempted:
                 m.status = "completed"
-                _finalize(m, self.program, self.start, self.acc, self.log)
+                _finalize(m, self.program, self.start, self.acc, self.log, self.devices)
             elif m.status is None:
                 m.summary = {"status": "incomplete", "steps": step}
 
@@ -328,9 +332,9 @@ def _progress_bar(total: int, start: int, k: int):
                 desc=f"pack of {k}" if k > 1 else None)
 
 
-def _finalize(m: Member, program: Program, start: int, acc: shapes.Accounting, log) -> None:
+def _finalize(m: Member, program: Program, start: int, acc: shapes.Accounting, log, devices: dict) -> None:
     """summary.json for a decided member (completed or diverged), written atomically; logged."""
-    extra = program.describe()
+    extra = {**devices, **program.describe()}
     summary = {**summarize(m.cfg, m.run.read_metrics(), m.status, start, program.info, program.param_shapes, acc,
                            program.compile_s, m.source.eval_set().entropy, m.source.meta), **extra}
     if extra.get("packed"):

@@ -13,7 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 from testbed import parametrization
-from testbed.config import Config
+from testbed.config import Config, ConfigError
 from testbed.kernels import dense_dot_general
 from testbed.parametrization import ParamInfo
 
@@ -103,6 +103,32 @@ def causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 128):
     return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)
 
 
+def attention_impl(cfg: Config) -> str:
+    """train.attention resolved: blocked einsums on CPU (faster there), jax.nn.dot_product_attention elsewhere,
+    cuDNN's flash attention for bfloat16 on GPU (it takes only 16-bit inputs; O(L) memory instead of O(L^2))."""
+    impl = cfg.train.attention
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "einsum"
+    return "cudnn" if backend == "gpu" and cfg.train.compute_dtype == "bfloat16" else "xla"
+
+
+def fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scale: float, impl: str, strict: bool = False):
+    """Causal attention through jax.nn.dot_product_attention (float32 logits whatever the input dtype). cuDNN
+    refusing the shape or dtype falls back to XLA's version (the same math), unless `strict` (asked for by name)."""
+    kw = dict(scale=scale, is_causal=True)
+    if impl == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn", **kw)
+        except Exception as e:
+            if strict:
+                raise ConfigError(f"train.attention: cudnn cannot run here ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}); use auto or xla") from None
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="xla", **kw)
+
+
 class Attention(nn.Module):
     cfg: Config
 
@@ -119,13 +145,18 @@ class Attention(nn.Module):
         if mc.pos == "rope":
             q_BxLxHxK = rope(q_BxLxHxK, mc.rope_base)
             k_BxLxHxK = rope(k_BxLxHxK, mc.rope_base)
-        f32 = jnp.float32
-        q_BxLxHxK = q_BxLxHxK.astype(f32) * parametrization.attn_scale(self.cfg)
+        f32, scale, impl = jnp.float32, parametrization.attn_scale(self.cfg), attention_impl(self.cfg)
         if self.is_mutable_collection("intermediates"):  # the coordinate check's attention logits
-            logits_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK, k_BxLxHxK.astype(f32))
+            logits_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK.astype(f32) * scale, k_BxLxHxK.astype(f32))
             causal_LxL = np.tril(np.ones((L, L), bool))
             record(self, "attn_logits", logits_BxHxLxL[..., causal_LxL])
-        out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK.astype(f32), v_BxLxHxK.astype(f32)).astype(x_BxLxD.dtype)
+        if impl == "einsum":
+            out_BxLxHxK = causal_attention(q_BxLxHxK.astype(f32) * scale, k_BxLxHxK.astype(f32),
+                                           v_BxLxHxK.astype(f32))
+        else:
+            out_BxLxHxK = fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scale, impl,
+                                          strict=self.cfg.train.attention == "cudnn")
+        out_BxLxHxK = out_BxLxHxK.astype(x_BxLxD.dtype)
         return _dense(self.cfg, D, H * K, "out")(out_BxLxHxK.reshape(B, L, H * K))
 
 

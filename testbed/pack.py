@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import config, optim, spectral
+from testbed import config, hardware, optim, spectral
 from testbed.config import Config, ConfigError
 from testbed.data import Source, make_source
 from testbed.loop import Member, make_member, train_members
 from testbed.model import init_params, param_info
 from testbed.runstore import RunDir
-from testbed.train import Evaluator, init_state, make_eval_step, make_train_step
+from testbed.train import Evaluator, announce, init_state, make_eval_step, make_train_step
 from testbed.vmappable import VMAPPABLE, pack_conflict, pack_key, solo_reason
 
 __all__ = ["VMAPPABLE", "pack_key", "make_pack_step", "train_pack", "time_pack"]
@@ -169,8 +169,10 @@ def train_pack(cfgs: list[Config], out_dirs: list[str | Path], progress: bool = 
     if solo is not None:
         raise ConfigError(f"train-pack: {solo[0]}: {solo[1]}, which packs do not support (they train on one device, "
                           "without branching or kept checkpoint steps); train that run alone with testbed train")
+    seen = hardware.select(cfgs[0])  # train.platform (not vmappable: equal within a pack)
     sources: dict[str, Source] = {}
     members = [make_member(c, d, sources=sources) for c, d in zip(cfgs, out_dirs, strict=True)]  # nothing written
+    announce(f"pack of {len(cfgs)}" if len(cfgs) > 1 else out_dirs[0], seen, log)
     tmpl = template(cfgs)
     tx = optim.make_optimizer(tmpl, param_info(init_params(tmpl, jax.random.key(tmpl.seed))))
 
@@ -178,7 +180,7 @@ def train_pack(cfgs: list[Config], out_dirs: list[str | Path], progress: bool = 
         return init_state(m.cfg, tx, init_params(m.cfg, jax.random.key(m.cfg.seed)))
 
     return train_members(members, fresh_state, lambda group, start: PackProgram(group, tx, tmpl, start),
-                         packed=True, progress=progress, log=log, should_stop=should_stop)
+                         packed=True, progress=progress, log=log, should_stop=should_stop, devices=seen)
 
 
 def configs_of(run_dirs: list[str | Path]) -> list[Config]:

@@ -1,4 +1,5 @@
-"""Throughput measurement: the train step's tokens/s and MFU against a matmul peak measured in-process."""
+"""Throughput measurement: the train step's tokens/s, and MFU against a matmul peak measured in the same process
+and against the chip's datasheet peak (testbed.hardware; accelerators only), the figure other trainers report."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from testbed import shapes
+from testbed import hardware, shapes
 from testbed.config import Config
-from testbed.model import compute_dtype, init_params, param_info
+from testbed.model import attention_impl, compute_dtype, init_params, param_info
 from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step
 
@@ -67,13 +68,17 @@ def bench_train_step(cfg: Config, steps: int = 10) -> dict:
     step_s = float(np.median(times))
     tokens = cfg.tokens_per_step
     peak = matmul_peak_flops(compute_dtype(cfg))
+    kind = jax.devices()[0].device_kind
+    datasheet = hardware.datasheet_peak(kind, cfg.train.compute_dtype)  # None on CPUs: the measured peak stands
     achieved = tokens * acc.flops_per_token / step_s
     return {
         "tokens_per_s": tokens / step_s, "step_s": step_s, "step_s_min": float(np.min(times)),
         "compile_s": compile_s, "flops_per_token": acc.flops_per_token,
         "flops_per_token_6n": acc.flops_per_token_6n, "achieved_flops": achieved, "peak_flops": peak,
-        "mfu": achieved / peak, "params_total": acc.params_total, "device": str(jax.devices()[0]),
-        "backend": jax.default_backend(), "dtype": cfg.train.compute_dtype, "steps_timed": steps,
+        "mfu": achieved / peak, "peak_flops_datasheet": datasheet,
+        "mfu_datasheet": achieved / datasheet if datasheet else None, "params_total": acc.params_total,
+        "device": str(jax.devices()[0]), "device_kind": kind, "backend": jax.default_backend(),
+        "attention": attention_impl(cfg), "dtype": cfg.train.compute_dtype, "steps_timed": steps,
     }
 
 

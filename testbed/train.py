@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from testbed import faults, optim, sharding, spectral
+from testbed import faults, hardware, optim, sharding, spectral
 from testbed.config import Config
 from testbed.data import Source
 from testbed.loop import Member, make_member, train_members
@@ -195,10 +195,12 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
     {'status': 'incomplete', 'steps': s} without writing a summary: `testbed train` exits REQUEUE_EXIT.
     """
     sharding.initialize(cfg)  # multi-host: before any device is touched
+    seen = hardware.select(cfg)  # train.platform: the requested platform or a ConfigError, nothing written
     primary = sharding.is_primary()
     if not primary:
         progress, log = False, lambda _: None
     member = make_member(cfg, out, run=None if primary else _Follower(out))  # may raise ConfigError: nothing written
+    announce(out, seen, log)
     place = sharding.placement(cfg)  # None: one device, no shardings (the plain path)
     params = init_params(cfg, jax.random.key(cfg.seed))
     tx = optim.make_optimizer(cfg, param_info(params))
@@ -208,5 +210,14 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
         return state if place is None else place.put(state, place.state_shardings(state))
 
     [summary] = train_members([member], fresh_state, lambda group, start: SingleProgram(group[0], tx, place, start),
-                              packed=False, progress=progress, log=log, should_stop=should_stop, primary=primary)
+                              packed=False, progress=progress, log=log, should_stop=should_stop, primary=primary,
+                              devices=seen)
     return summary
+
+
+def announce(where: str | Path, seen: dict, log: Callable[[str], None]) -> None:
+    """The line every run starts with (what it trains on), and a warning when accelerators go unused."""
+    log(f"{where}: training on {hardware.describe(seen)}")
+    warning = hardware.hint(seen)
+    if warning:
+        log(f"WARNING: {warning}")

@@ -13,7 +13,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 def testbed_cmd(*args: str, **kw) -> subprocess.CompletedProcess:
     """Runs the installed CLI the way a user does (python -m testbed.launch.cli, same interpreter)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**kw.pop("env", os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "testbed.launch.cli", *args], cwd=kw.pop("cwd", ROOT),
                           capture_output=True, text=True, env=env, **kw)
 

@@ -12,7 +12,7 @@ from testbed.launch.cli.runs import default_run_dir  # noqa: F401 - the default 
 from testbed.config import ConfigError
 
 # the commands in the order `testbed --help` lists them
-ORDER = ("train", "info", "bench", "train-pack", "fetch-corpus", "sweep", "status", "fit", "compare", "simulate",
+ORDER = ("train", "info", "env", "bench", "train-pack", "fetch-corpus", "sweep", "status", "fit", "compare", "simulate",
          "plan", "quickstart", "plot", "report", "transfer", "coordcheck", "launch")
 COMMANDS = sorted((*runs.COMMANDS, *sweeps.COMMANDS, *fits.COMMANDS), key=lambda c: ORDER.index(c.name))
 

@@ -36,6 +36,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from testbed import hardware
+
+    r = hardware.report()
+    print(dumps(r) if args.json else hardware.format_report(r))
+    return 0
+
+
 def cmd_train_pack(args) -> int:
     from testbed.pack import configs_of, train_pack
 
@@ -121,7 +129,9 @@ COMMANDS = (
         NO_PROGRESS,
     ), cmd_train),
     Command("info", "parameter counts, FLOPs per token, memory estimate", (*config_args(), JSON), cmd_info),
-    Command("bench", "time the compiled train step: tokens/s, MFU vs measured matmul peak", (
+    Command("env", "what JAX computes on here (platform, device kind and count, processes) and the versions of "
+            "jax, jaxlib, flax, optax, orbax", (JSON,), cmd_env),
+    Command("bench", "time the compiled train step: tokens/s, MFU vs the measured matmul peak and the datasheet's", (
         *config_args(required=False),
         arg("--steps", type=int, default=10, help="timed steps after compilation"),
         JSON,
