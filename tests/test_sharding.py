@@ -103,7 +103,8 @@ def test_mesh_is_placement_not_identity(tmp_path):
     base = C.load(TINY, FAST)
     fsdp = C.load(TINY, [*FAST, "train.mesh.fsdp=8", "train.distributed=true"])
     assert sweep.run_id(base) == sweep.run_id(fsdp) and default_run_dir(base, "x") == default_run_dir(fsdp, "x")
-    old_yaml = (C.dump_yaml(base).replace("  mesh: {}\n  distributed: null\n  platform: auto\n  attention: auto\n", "")  # the YAML before these keys
+    placement = "  mesh: {}\n  distributed: null\n  platform: auto\n  attention: auto\n"
+    old_yaml = (C.dump_yaml(base).replace(placement, "")  # the YAML before these keys
                 .replace("  checkpoint_steps: []\n  branch_from: null\n  branch_step: null\n", ""))
     assert C.identity_yaml(base) == old_yaml
     RunDir(tmp_path).check_or_write_config(fsdp)
