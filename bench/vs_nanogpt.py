@@ -1,0 +1,99 @@
+"""testbed's train step beside nanoGPT's (PyTorch, eager) at one shape on this CPU, interleaved: prints JSON.
+
+    python bench/vs_nanogpt.py --torch-python /path/to/venv-with-torch/bin/python [--rounds 3] [--steps 20]
+
+The shape is the reference one (bench/train_step.py at d_model 256): 4 layers, 4 heads of 64, seq 256, batch 16,
+vocab 256, float32, GELU MLP of 4 d, no biases, untied readout, AdamW with weight decay, no dropout. nanoGPT's
+model is its model.py reduced to that configuration (causal attention through
+torch.nn.functional.scaled_dot_product_attention, as nanoGPT does with flash available). PyTorch is not a
+dependency of the project: pass an interpreter that has it (`pip install torch` in a separate venv).
+Each round times both in fresh processes, one after the other, so the two see the same machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+TORCH_STEP = r'''
+import json, math, sys, time
+import torch, torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+D, L, H, T, B, V, steps = 256, 4, 4, 256, 16, 256, int(sys.argv[1])
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(D, bias=False), nn.LayerNorm(D, bias=False)
+        self.c_attn, self.c_proj = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
+        self.c_fc, self.mlp_proj = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
+
+    def forward(self, x):
+        q, k, v = self.c_attn(self.ln_1(x)).split(D, dim=2)
+        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, D)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(T, D)
+        self.blocks = nn.ModuleList(Block() for _ in range(L))
+        self.ln_f, self.lm_head = nn.LayerNorm(D, bias=False), nn.Linear(D, V, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(T))
+        for b in self.blocks:
+            x = b(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+model = GPT()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+x = torch.randint(0, V, (B, T)); y = torch.randint(0, V, (B, T))
+def step():
+    loss = model(x, y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return loss
+for _ in range(3):
+    step()
+times = []
+for _ in range(steps):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+times.sort()
+print(json.dumps({"tokens_per_s": B * T / times[len(times) // 2], "torch": torch.__version__,
+                  "threads": torch.get_num_threads()}))
+'''
+
+TESTBED_SETS = ["train.steps=100", "model.d_model=256", "model.n_layers=4", "model.n_heads=4", "model.vocab_size=256",
+                "data.seq_len=256", "train.batch_size=16", "model.pos=learned", "model.norm=layernorm"]
+
+
+def run(cmd: list[str]) -> dict:
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--torch-python", required=True, help="an interpreter with torch installed")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    testbed_cmd = [sys.executable, "-m", "testbed.launch.cli", "bench", "--steps", str(args.steps), "--json",
+                   *[x for kv in TESTBED_SETS for x in ("--set", kv)]]
+    rounds = []
+    for _ in range(args.rounds):
+        ours = run(testbed_cmd)
+        theirs = run([args.torch_python, "-c", TORCH_STEP, str(args.steps)])
+        rounds.append({"testbed": ours["tokens_per_s"], "nanogpt": theirs["tokens_per_s"],
+                       "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"]})
+        print(json.dumps(rounds[-1]), flush=True)
+    ratios = sorted(r["ratio"] for r in rounds)
+    print(json.dumps({"median_ratio_testbed_over_nanogpt": ratios[len(ratios) // 2], "rounds": len(rounds),
+                      "torch": theirs["torch"], "torch_threads": theirs["threads"], "mfu": ours["mfu"]}))
+
+
+if __name__ == "__main__":
+    main()
