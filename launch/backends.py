@@ -82,7 +82,7 @@ def run_local(units: list[Unit], out: Path, after: dict[str, str | None], slots:
     pending: list[tuple[float, Unit]] = [(0.0, u) for u in units]
     ours = _ids(units)
     running: dict = {}
-    pool = ThreadPoolExecutor(max_workers=len(slots))
+    pool = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
     def parent_state(p: str) -> str:
         if p in final:
@@ -261,7 +261,33 @@ def _ray_unit(run_dirs: list[str]) -> list[dict]:
     return runner.train_unit(run_dirs, worker=f"ray:{ray.get_runtime_context().get_node_id()[:8]}")
 
 
-RAY_KEYS = ("address", "init_num_cpus", "num_cpus", "num_gpus", "max_retries")
+RAY_KEYS = ("address", "init_num_cpus", "init_resources", "num_cpus", "num_gpus", "resources", "accelerator_type",
+            "max_retries")
+
+
+def ray_options(resources: dict) -> tuple[dict, dict]:
+    """(ray.init keywords, each task's options) from resources.ray. Devices pass through to the tasks: num_gpus
+    (Ray sets CUDA_VISIBLE_DEVICES for the task, and the trainer inherits it), `resources: {TPU: 4}` (Ray sets
+    TPU_VISIBLE_CHIPS), accelerator_type (e.g. A100, TPU-V4). init_num_cpus / init_resources: only for a local
+    cluster started here."""
+    check("ray", resources)
+    res = dict(resources)
+    for key in ("resources", "init_resources"):
+        value = res.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int | float) and v >= 0
+                                                  for k, v in value.items()):
+            raise ConfigError(f"resources.ray.{key}: expected a mapping of resource names to amounts, e.g. "
+                              f"{{TPU: 4}}; got {value!r}")
+    address = res.pop("address", None)
+    local = address is None
+    init = {"address": address, "num_cpus": res.pop("init_num_cpus", None) if local else None,
+            "resources": res.pop("init_resources", None) if local else None}
+    task = {"num_cpus": res.pop("num_cpus", 1), "num_gpus": res.pop("num_gpus", 0),
+            "max_retries": res.pop("max_retries", 3)}
+    for key in ("resources", "accelerator_type"):
+        if res.get(key):
+            task[key] = res[key]
+    return init, task
 
 
 def check(backend: str, resources: dict) -> None:
@@ -277,19 +303,13 @@ def check(backend: str, resources: dict) -> None:
 
 def run_ray(units: list[Unit], out: Path, after: dict[str, str | None], resources: dict, log: Log,
             on_result: Callable[[dict], None]) -> None:
-    """One task per unit (num_cpus/num_gpus per task from resources.ray); Ray retries tasks lost with a node,
-    and the claims plus checkpoints make a retry resume rather than restart."""
+    """One task per unit (num_cpus, num_gpus, resources per task from resources.ray: ray_options); Ray retries
+    tasks lost with a node, and the claims plus checkpoints make a retry resume rather than restart."""
     ray = _require("ray", "ray")
-    res = dict(resources)
-    address = res.pop("address", None)
-    init_cpus = res.pop("init_num_cpus", None)  # only for a local cluster started here
-    task_opts = {"num_cpus": res.pop("num_cpus", 1), "num_gpus": res.pop("num_gpus", 0),
-                 "max_retries": res.pop("max_retries", 3)}
-    check("ray", res)
+    init, task_opts = ray_options(resources)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=init_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(**init, include_dashboard=False, log_to_driver=False)
     task = ray.remote(**task_opts)(_ray_unit)
     try:
         for wave in waves(units, after):
