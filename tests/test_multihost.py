@@ -14,8 +14,7 @@ import time
 import pytest
 from testbed.launch.cli import build_parser, main
 
-from testbed import config as C
-from testbed import multihost, sharding
+from testbed import config, multihost, sharding
 
 from .conftest import ROOT
 from .test_sweep import TINY
@@ -52,7 +51,7 @@ def test_slurm_two_nodes_of_eight_gpus_are_two_processes_with_eight_each(capsys)
     assert (nodes, per_node, gpus) == (2, 1, 8) and "gpus-per-task" not in opts
     (srun,) = [x for x in script.splitlines() if x.startswith("srun ")]
     args = build_parser().parse_args(shlex.split(srun)[4:])
-    cfg = C.load(args.config, args.overrides)
+    cfg = config.load(args.config, args.overrides)
     assert cfg.train.distributed is True and cfg.train.mesh == {"data": -1}
     seen = []
     for node in range(nodes):
@@ -97,14 +96,14 @@ def test_a_coordinator_nobody_answers_is_one_line_not_a_hang():
     port = free_port()
     env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
            multihost.TIMEOUT_ENV: "1"}
-    cfg = C.load(TINY_CFG, ["train.distributed=true"])
+    cfg = config.load(TINY_CFG, ["train.distributed=true"])
     t0 = time.monotonic()
-    with pytest.raises(C.ConfigError) as e:
+    with pytest.raises(config.ConfigError) as e:
         sharding.initialize(cfg, env)
     assert time.monotonic() - t0 < 10
     msg = str(e.value)
     assert "\n" not in msg and f"127.0.0.1:{port}" in msg and "2 processes" in msg and multihost.TIMEOUT_ENV in msg
-    with pytest.raises(C.ConfigError, match=multihost.TIMEOUT_ENV):
+    with pytest.raises(config.ConfigError, match=multihost.TIMEOUT_ENV):
         sharding.initialize(cfg, {**env, multihost.TIMEOUT_ENV: "soon"})
 
 

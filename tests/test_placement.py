@@ -4,6 +4,9 @@ them, mesh runs on several GPUs, one worker for a TPU VM's chips; detection with
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +14,7 @@ import pytest
 from testbed.launch import backends, devices, placement, plan, runner, sweep
 from testbed.launch.cli import main
 
-from testbed import config as C
+from testbed import config
 
 from .conftest import ROOT
 from .test_sweep import TINY, write_sweep
@@ -55,16 +58,16 @@ def test_same_shape_runs_are_packed_and_spread_over_every_gpu(tmp_path):
 
 def test_a_mesh_run_gets_as_many_gpus_as_its_mesh(tmp_path):
     runs = _runs(tmp_path, grid={"seed": [0, 1, 2, 3, 4, 5]})
-    raw = C.to_dict(runs[0][1])
+    raw = config.to_dict(runs[0][1])
     raw["train"]["mesh"] = {"data": 2, "fsdp": 2}
-    runs[0] = (runs[0][0], C.from_dict(raw), 100.0)
+    runs[0] = (runs[0][0], config.from_dict(raw), 100.0)
     p = plan.plan(runs, pack=1, accel=devices.parse("gpu:8"), log=lambda _: None)
     (mesh,) = [w for w in p.slots if len(w.devices) > 1]
     assert mesh.devices == ("0", "1", "2", "3") and mesh.env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
     assert [p.units[u] for u in mesh.units] == [[runs[0][0]]]
     singles = [w for w in p.slots if len(w.devices) == 1]
     assert sorted(rid for w in singles for u in w.units for rid in p.units[u]) == sorted(r[0] for r in runs[1:])
-    with pytest.raises(C.ConfigError, match="train.mesh.*needs 16 devices"):
+    with pytest.raises(config.ConfigError, match="train.mesh.*needs 16 devices"):
         placement.mesh_devices({"data": 16}, 8)
     assert placement.mesh_devices({"data": -1}, 8) == 8 and placement.mesh_devices({"data": 2, "fsdp": -1}, 8) == 8
 
@@ -75,12 +78,12 @@ def test_tpu_vm_has_one_worker_owning_every_chip(tmp_path, capsys, monkeypatch):
     (w,) = p.slots
     assert w.devices == ("0", "1", "2", "3") and w.env == {} and p.layout.pack == 8
     assert [len(u) for u in p.units] == [8, 4] and w.units == [0, 1]
-    with pytest.raises(C.ConfigError, match="--workers: a TPU VM"):
+    with pytest.raises(config.ConfigError, match="--workers: a TPU VM"):
         plan.plan(runs, workers=2, accel=devices.parse("tpu:4"))
-    raw = C.to_dict(runs[0][1])
+    raw = config.to_dict(runs[0][1])
     raw["train"]["mesh"] = {"data": 2}
-    with pytest.raises(C.ConfigError, match="train.mesh.*set one axis to -1"):
-        plan.plan([(runs[0][0], C.from_dict(raw), 1.0)], accel=devices.parse("tpu:4"))
+    with pytest.raises(config.ConfigError, match="train.mesh.*set one axis to -1"):
+        plan.plan([(runs[0][0], config.from_dict(raw), 1.0)], accel=devices.parse("tpu:4"))
     monkeypatch.setenv(devices.ENV_VAR, "tpu:4")  # the environment variable does what the flag does
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -96,6 +99,9 @@ def test_bad_accelerators_exit_2_and_cpu_stays_as_today(tmp_path, capsys, monkey
     assert main(["sweep", path, "--dry-run"]) == 2
     assert devices.ENV_VAR in capsys.readouterr().err
     monkeypatch.delenv(devices.ENV_VAR)
+    with pytest.raises(config.ConfigError, match="--accelerators: places runs on this machine"):
+        sweep.run_sweep(path, tmp_path / "out", backend="slurm", accelerators="gpu:2")
+    assert not (tmp_path / "out").exists()
     assert main(["sweep", path, "--dry-run", "--json", "--accelerators", "none"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["placement"]["worker"] is None and r["placement"]["devices"] == [] for r in rows)
@@ -120,9 +126,9 @@ def test_workers_on_shared_gpus_never_overlap(tmp_path, monkeypatch):
     """run_local: each unit on its own worker with that worker's CUDA_VISIBLE_DEVICES; the mesh unit waits until
     every GPU it needs is free."""
     runs = _runs(tmp_path, grid={"seed": [0, 1, 2, 3, 4]})
-    raw = C.to_dict(runs[2][1])
+    raw = config.to_dict(runs[2][1])
     raw["train"]["mesh"] = {"data": -1}
-    runs[2] = (runs[2][0], C.from_dict(raw), 10.0)
+    runs[2] = (runs[2][0], config.from_dict(raw), 10.0)
     p = plan.plan(runs, pack=1, accel=devices.parse("gpu:2"), log=lambda _: None)
     spans, lock = [], threading.Lock()
 
@@ -165,12 +171,8 @@ def test_trainer_env_carries_the_sweep_cache_unless_one_is_set(tmp_path):
 def test_a_second_identical_run_reads_its_program_from_the_cache(tmp_path):
     """Two fresh `testbed train` runs of one shape with a sweep worker's environment: the second's compile_s is
     a cache read (bench/compile_cache.py: 4.0-4.8 s -> 0.5-0.7 s for configs/tiny.yaml on 2 cores)."""
-    import os
-    import subprocess
-    import sys
-
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(C.dump_yaml(C.load(ROOT / "configs" / "tiny.yaml", [f"{k}={v}" for k, v in TINY.items()])))
+    cfg.write_text(config.dump_yaml(config.load(ROOT / "configs" / "tiny.yaml", [f"{k}={v}" for k, v in TINY.items()])))
     base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env = runner.trainer_env(tmp_path, {**base, "JAX_PLATFORMS": "cpu"})
     compile_s = []
