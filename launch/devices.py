@@ -75,6 +75,16 @@ def detect(flag: str | None = None, env: Mapping[str, str] = os.environ) -> Acce
     return gpus(env) or tpus(env) or CPU
 
 
+def for_backend(backend: str, flag: str | None) -> Accelerators | None:
+    """The local backend's devices (detect); None for a cluster backend, whose nodes are not this machine."""
+    if backend == "local":
+        return detect(flag)
+    if flag:
+        raise ConfigError(f"--accelerators: places runs on this machine's devices (local backend); for {backend}, "
+                          f"ask for devices under resources.{backend}")
+    return None
+
+
 def gpus(env: Mapping[str, str] = os.environ) -> Accelerators | None:
     """NVIDIA GPUs from the driver (nvidia-smi -L), narrowed to CUDA_VISIBLE_DEVICES; None when there are none."""
     found = _nvidia_smi() or {str(i): "" for i in _device_numbers(Path("/dev"), "nvidia")}

@@ -336,10 +336,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
         raise ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
     resources = spec.get("resources", {}).get(backend, {})
     backends.check(backend, resources)
-    if accelerators and backend != "local":
-        raise ConfigError(f"--accelerators: places runs on this machine's devices (local backend); for {backend}, "
-                          f"ask for devices under resources.{backend}")
-    accel = devices.detect(accelerators) if backend == "local" else None
+    accel = devices.for_backend(backend, accelerators)
     for r in runs:  # a directory holding another config is an error before anything trains
         if RunDir(out / r.run_id).has_config:
             RunDir(out / r.run_id).check_or_write_config(r.cfg)
