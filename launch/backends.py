@@ -1,6 +1,7 @@
 """Backends: hand units (one run, or a pack of runs) to an existing engine. No home-made scheduler.
 
-- local: a thread pool of `workers` slots on this machine, each slot a trainer subprocess pinned to its cores.
+- local: the plan's workers on this machine, each a trainer subprocess at a time, pinned to its cores and seeing
+  only its accelerators (launch/placement.py).
 - slurm: submitit job arrays, one unit per array task; preempted or timed-out tasks checkpoint and requeue.
 - ray: one Ray task per unit on an existing cluster (`ray.init(address=...)`) or a local one.
 
@@ -12,14 +13,13 @@ in waves: a unit starts only after its parents finished.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from testbed.launch import layout, runner
+from testbed.launch import runner
 
 from testbed.config import ConfigError
 
@@ -52,38 +52,37 @@ def _ids(units: list[Unit]) -> set[str]:
 
 # --- local -----------------------------------------------------------------------------------------------
 
-def run_local(units: list[Unit], out: Path, after: dict[str, str | None], workers: int, env: dict, log: Log,
+def run_local(units: list[Unit], out: Path, after: dict[str, str | None], slots: list, env: dict, log: Log,
               on_result: Callable[[dict], None], poll_s: float = 2.0) -> None:
-    """Trains units `workers` at a time. A unit another worker holds is retried every poll_s until it is done
-    (or its holder died, and then we resume it); a branched unit waits for its parents."""
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(workers):
-        slots.put(i)
-    pin = workers > 1 and hasattr(os, "sched_setaffinity")
-    core_sets = layout.core_sets(workers, layout.cores_available()) if pin else None
+    """Trains units on the plan's workers (`slots`: launch/placement.py Workers, each with its devices, extra
+    environment, cores and, when placed, its own units). A worker trains one unit at a time; workers that share a
+    device never run at once. A unit another worker holds is retried every poll_s until it is done (or its holder
+    died, and then we resume it); a branched unit waits for its parents."""
+    holds, where = _slot_map(units, slots)
+    busy: set = set()
     procs: set = set()
     lock = threading.Lock()
     worker = f"local:{os.getpid()}"
 
-    def job(unit: Unit) -> list[dict]:
-        slot = slots.get()
+    def job(unit: Unit, slot: int) -> list[dict]:
+        def started(p):
+            with lock:
+                procs.add(p)
         try:
-            def started(p):
-                with lock:
-                    procs.add(p)
-            res = runner.train_unit([out / rid for rid in unit], env=env, cores=core_sets[slot] if core_sets else None,
-                                    worker=worker, on_start=started)
-            return res
+            return runner.train_unit([out / rid for rid in unit], env={**env, **slots[slot].env},
+                                     cores=slots[slot].cores, worker=worker, on_start=started)
         finally:
             with lock:
                 procs.difference_update({p for p in procs if p.poll() is not None})
-            slots.put(slot)
+
+    def free_slot(unit: Unit) -> int | None:
+        return next((j for j in where[unit[0]] if not holds[j] & busy), None)
 
     final: dict[str, str] = {}
     pending: list[tuple[float, Unit]] = [(0.0, u) for u in units]
     ours = _ids(units)
     running: dict = {}
-    pool = ThreadPoolExecutor(max_workers=workers)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
     def parent_state(p: str) -> str:
         if p in final:
@@ -97,40 +96,62 @@ def run_local(units: list[Unit], out: Path, after: dict[str, str | None], worker
         while pending or running:
             now = time.monotonic()
             for item in list(pending):
-                if len(running) >= workers:
-                    break
                 not_before, unit = item
                 states = {p: parent_state(p) for p in parents_of(unit, after)}
                 if not_before > now or "wait" in states.values():
                     continue
-                pending.remove(item)
                 bad = [p for p, s in states.items() if s == "bad"]
                 if bad:  # a branch whose parent failed cannot start; say so and go on
+                    pending.remove(item)
                     for rid in unit:
                         final[rid] = "failed"
                         on_result({"run_id": rid, "status": "failed", "wall_s": 0.0,
                                    "error": f"parent run {bad[0]} did not complete"})
                     continue
-                running[pool.submit(job, unit)] = unit
+                slot = free_slot(unit)
+                if slot is None:
+                    continue
+                pending.remove(item)
+                busy.update(holds[slot])
+                running[pool.submit(job, unit, slot)] = (unit, slot)
             if not running:
                 time.sleep(poll_s)
                 continue
             done, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
             for fut in done:
-                unit = running.pop(fut)
-                busy = []
-                for res in fut.result():
-                    if res["status"] == runner.BUSY:
-                        busy.append(res["run_id"])
-                        continue
-                    final[res["run_id"]] = res["status"]
-                    on_result(res)
-                if busy:
-                    pending.append((time.monotonic() + poll_s, busy))
+                unit, slot = running.pop(fut)
+                busy.difference_update(holds[slot])
+                retry = _collect(fut.result(), final, on_result)
+                if retry:
+                    pending.append((time.monotonic() + poll_s, retry))
     except BaseException:
         _stop(pool, procs, lock)
         raise
     pool.shutdown()
+
+
+def _slot_map(units: list[Unit], slots: list) -> tuple[list[frozenset], dict[str, list[int]]]:
+    """What each worker holds while it trains (its devices, else its own slot), and for each run the workers that
+    may train it (its own, when placed; else any)."""
+    holds = [frozenset(("device", d) for d in w.devices) or frozenset({("slot", i)}) for i, w in enumerate(slots)]
+    where = {}
+    for i, unit in enumerate(units):
+        mine = [j for j, w in enumerate(slots) if w.units is None or i in w.units]
+        for rid in unit:
+            where[rid] = mine
+    return holds, where
+
+
+def _collect(results: list[dict], final: dict[str, str], on_result: Callable[[dict], None]) -> Unit:
+    """Reports a unit's results; returns its runs another worker held (to try again later)."""
+    busy = []
+    for res in results:
+        if res["status"] == runner.BUSY:
+            busy.append(res["run_id"])
+            continue
+        final[res["run_id"]] = res["status"]
+        on_result(res)
+    return busy
 
 
 def _stop(pool: ThreadPoolExecutor, procs: set, lock: threading.Lock) -> None:
@@ -240,7 +261,33 @@ def _ray_unit(run_dirs: list[str]) -> list[dict]:
     return runner.train_unit(run_dirs, worker=f"ray:{ray.get_runtime_context().get_node_id()[:8]}")
 
 
-RAY_KEYS = ("address", "init_num_cpus", "num_cpus", "num_gpus", "max_retries")
+RAY_KEYS = ("address", "init_num_cpus", "init_resources", "num_cpus", "num_gpus", "resources", "accelerator_type",
+            "max_retries")
+
+
+def ray_options(resources: dict) -> tuple[dict, dict]:
+    """(ray.init keywords, each task's options) from resources.ray. Devices pass through to the tasks: num_gpus
+    (Ray sets CUDA_VISIBLE_DEVICES for the task, and the trainer inherits it), `resources: {TPU: 4}` (Ray sets
+    TPU_VISIBLE_CHIPS), accelerator_type (e.g. A100, TPU-V4). init_num_cpus / init_resources: only for a local
+    cluster started here."""
+    check("ray", resources)
+    res = dict(resources)
+    for key in ("resources", "init_resources"):
+        value = res.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int | float) and v >= 0
+                                                  for k, v in value.items()):
+            raise ConfigError(f"resources.ray.{key}: expected a mapping of resource names to amounts, e.g. "
+                              f"{{TPU: 4}}; got {value!r}")
+    address = res.pop("address", None)
+    local = address is None
+    init = {"address": address, "num_cpus": res.pop("init_num_cpus", None) if local else None,
+            "resources": res.pop("init_resources", None) if local else None}
+    task = {"num_cpus": res.pop("num_cpus", 1), "num_gpus": res.pop("num_gpus", 0),
+            "max_retries": res.pop("max_retries", 3)}
+    for key in ("resources", "accelerator_type"):
+        if res.get(key):
+            task[key] = res[key]
+    return init, task
 
 
 def check(backend: str, resources: dict) -> None:
@@ -256,19 +303,13 @@ def check(backend: str, resources: dict) -> None:
 
 def run_ray(units: list[Unit], out: Path, after: dict[str, str | None], resources: dict, log: Log,
             on_result: Callable[[dict], None]) -> None:
-    """One task per unit (num_cpus/num_gpus per task from resources.ray); Ray retries tasks lost with a node,
-    and the claims plus checkpoints make a retry resume rather than restart."""
+    """One task per unit (num_cpus, num_gpus, resources per task from resources.ray: ray_options); Ray retries
+    tasks lost with a node, and the claims plus checkpoints make a retry resume rather than restart."""
     ray = _require("ray", "ray")
-    res = dict(resources)
-    address = res.pop("address", None)
-    init_cpus = res.pop("init_num_cpus", None)  # only for a local cluster started here
-    task_opts = {"num_cpus": res.pop("num_cpus", 1), "num_gpus": res.pop("num_gpus", 0),
-                 "max_retries": res.pop("max_retries", 3)}
-    check("ray", res)
+    init, task_opts = ray_options(resources)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=init_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(**init, include_dashboard=False, log_to_driver=False)
     task = ray.remote(**task_opts)(_ray_unit)
     try:
         for wave in waves(units, after):

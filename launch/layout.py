@@ -17,6 +17,7 @@ Nothing here imports jax: the timing runs in subprocesses.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -26,6 +27,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from testbed.launch import devices
 
 from testbed import config
 from testbed.runstore import atomic_write_text
@@ -244,14 +247,25 @@ def format_measured(result: dict) -> str:
 
 
 def machine_id() -> str:
-    """What a cached layout is valid for: CPU model, the CPUs we may use, architecture."""
+    """What a cached layout is valid for: CPU model, the CPUs we may use, architecture, and the accelerator the
+    timing workers would run on (GPU or TPU kind and product; nothing added for a CPU-only machine)."""
     model = ""
     try:
         model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), "")
     except OSError:
         pass
-    return f"{model or platform.processor()}|{len(cores_available())}cpu|{platform.machine()}"
+    base = f"{model or platform.processor()}|{len(cores_available())}cpu|{platform.machine()}"
+    kind = device_kind()
+    return base if kind == "cpu" else f"{base}|{kind}"
+
+
+@functools.cache
+def device_kind() -> str:
+    """'cpu', or e.g. 'gpu:NVIDIA H100 80GB HBM3': this machine's real devices (pretend mode does not count),
+    found without starting jax (launch/devices.py)."""
+    acc = devices.detect(env={k: v for k, v in os.environ.items() if k != devices.ENV_VAR})
+    return "cpu" if acc.kind == "cpu" else f"{acc.kind}:{acc.name or 'unknown'}"
 
 
 def choose_layout(cfg: config.Config, n_runs: int, cores: list[int] | None = None, cache: Path | None = CACHE,

@@ -4,7 +4,9 @@ A unit is a list of run directories under a sweep directory, each already holdin
 `train_unit` takes the claim (launch/claims.py), skips runs that are done or held by another live worker, and
 trains the rest in ONE subprocess (`testbed train`, or `testbed train-pack` for several), which resumes from the
 latest checkpoint. The subprocess inherits the claims' descriptors, so they stay locked until it exits even if
-this worker dies. Local pool, SLURM (submitit) and Ray all call this function, so they share one behaviour.
+this worker dies. Local pool, SLURM (submitit) and Ray all call this function, so they share one behaviour,
+including the persistent compilation cache: every trainer of a sweep reads and writes SWEEP_DIR/.jax_cache (unless
+JAX_COMPILATION_CACHE_DIR is already set), so a shape compiled once is a disk read for every later run and worker.
 
 Nothing here imports jax.
 """
@@ -26,6 +28,9 @@ from testbed.preempt import REQUEUE_EXIT
 from testbed.runstore import RunDir
 
 DONE = ("completed", "diverged")
+CACHE_DIR = ".jax_cache"  # under the sweep directory
+# cache every program, however small or fast to compile: a sweep compiles the same small shapes over and over
+CACHE_THRESHOLDS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 BUSY = "busy"  # held by another live worker: try again later
 # `testbed train` exits with REQUEUE_EXIT (75, EX_TEMPFAIL; defined in testbed/preempt.py) after a
 # SIGTERM/SIGUSR1/SIGUSR2 made it checkpoint and stop: the run is incomplete and resumable, not failed.
@@ -37,6 +42,15 @@ def train_command(run_dirs: list[Path]) -> list[str]:
         return [sys.executable, "-m", "testbed.launch.cli", "train", str(RunDir(run_dirs[0]).config_path),
                 "--out", str(run_dirs[0]), "--no-progress"]
     return [sys.executable, "-m", "testbed.launch.cli", "train-pack", *map(str, run_dirs), "--no-progress"]
+
+
+def trainer_env(sweep_dir: Path, env: dict | None = None) -> dict:
+    """The trainer's environment (`env`, else ours) with the sweep's persistent compilation cache, unless one is set."""
+    out = dict(os.environ if env is None else env)
+    out.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(sweep_dir).resolve() / CACHE_DIR))
+    for key, value in CACHE_THRESHOLDS.items():
+        out.setdefault(key, value)
+    return out
 
 
 def run_status(run_dir: Path) -> str:
@@ -103,8 +117,8 @@ def _spawn(dirs: list[Path], env: dict | None, cores: set[int] | None, fds: list
     with open(dirs[0] / log_name, "a") as logf:
         logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                pass_fds=fds)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=trainer_env(dirs[0].parent, env),
+                                stdin=subprocess.DEVNULL, pass_fds=fds)
         if cores is not None:
             # Set from the parent right after spawn (preexec_fn is unsafe under threads): the child is still
             # starting Python, long before jax creates its thread pools, which inherit this mask.

@@ -309,25 +309,25 @@ def write_sweep_files(spec: dict, runs: list[Run], out_dir: Path, source: str) -
 
 def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None = None,
               log: Callable[[str], None] | None = None, backend: str = "local", wait: bool = True,
-              pack: int | None = None, layout: str = "auto") -> dict:
+              pack: int | None = None, layout: str = "auto", accelerators: str | None = None) -> dict:
     """Trains every run of the sweep not already completed/diverged in out_dir, on the chosen backend.
 
     Every run directory gets its config.yaml first; then units go to the backend (launch/backends.py), which
     calls launch/runner.py's `train_unit`: claim, skip what is done, resume what is not. Safe to run again, and
-    to run from several processes or nodes at once. Returns status counts over all runs, how many were trained
+    to run from several processes or nodes at once. accelerators: pretend devices ('gpu:8'; launch/devices.py),
+    else the local ones are detected. Returns status counts over all runs, how many were trained
     and skipped, and wall time. A failed run does not stop the others.
     """
-    from testbed.launch import backends, plan
+    from testbed.launch import backends, devices, plan
 
     if log is None:
         log = lambda s: print(s, file=sys.stderr, flush=True)
-    for flag, value in (("--workers", workers), ("--pack", pack)):  # before anything is written
-        if value is not None and value < 1:
+    for flag, value, ok in (("--workers", workers, None), ("--pack", pack, None), ("--layout", layout,
+                            plan.LAYOUT_MODES), ("--backend", backend, backends.BACKENDS)):  # before any writing
+        if ok is None and value is not None and value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    if layout not in plan.LAYOUT_MODES:
-        raise ConfigError(f"--layout: unknown '{layout}'; choose one of {', '.join(plan.LAYOUT_MODES)}")
-    if backend not in backends.BACKENDS:
-        raise ConfigError(f"--backend: unknown '{backend}'; choose one of {', '.join(backends.BACKENDS)}")
+        if ok is not None and value not in ok:
+            raise ConfigError(f"{flag}: unknown '{value}'; choose one of {', '.join(ok)}")
     t0 = time.perf_counter()
     spec = load_spec(sweep_path)
     runs = expand_spec(spec, where=f"sweep {sweep_path}", log=log)
@@ -336,6 +336,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
         raise ConfigError(f"--out {out}: exists and is not a directory; pass a sweep directory")
     resources = spec.get("resources", {}).get(backend, {})
     backends.check(backend, resources)
+    accel = devices.for_backend(backend, accelerators)
     for r in runs:  # a directory holding another config is an error before anything trains
         if RunDir(out / r.run_id).has_config:
             RunDir(out / r.run_id).check_or_write_config(r.cfg)
@@ -351,7 +352,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
             RunDir(out / r.run_id).check_or_write_config(r.cfg)
             todo.append(r)
     est = {row["run_id"]: row["est_s"] for row in describe(todo)}
-    p = plan.plan([(r.run_id, r.cfg, est[r.run_id]) for r in todo], backend, workers, pack, layout, log)
+    p = plan.plan([(r.run_id, r.cfg, est[r.run_id]) for r in todo], backend, workers, pack, layout, log, accel)
     packs = sum(len(u) > 1 for u in p.units)
     log(f"sweep {sweep_path}: {len(runs)} runs, {len(runs) - len(todo)} already done, training {len(todo)} "
         f"on {backend}" + (f" with {p.workers} worker(s)" if backend == "local" else "")
@@ -373,7 +374,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
 
     after = {r.run_id: r.after for r in runs}
     if backend == "local":
-        backends.run_local(p.units, out, after, p.workers, p.env, log, on_result)
+        backends.run_local(p.units, out, after, p.slots, p.env, log, on_result)
     elif backend == "slurm":
         backends.run_slurm(p.units, out, after, resources, log, on_result, wait_jobs=wait)
     else:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 
 import jax
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from testbed import multihost
 from testbed.config import MESH_AXES, Config, ConfigError
 
 BATCH_AXES = MESH_AXES  # the batch dimension is split over data x fsdp
@@ -33,16 +36,23 @@ BATCH_AXES = MESH_AXES  # the batch dimension is split over data x fsdp
 # --- multi-host ---------------------------------------------------------------------------------------------
 
 def wants_distributed(mode: bool | None, env: Mapping[str, str] = os.environ) -> bool:
-    """train.distributed=null: a coordinator is named, SLURM started several tasks, or a TPU VM has workers."""
+    """train.distributed=null: a coordinator is named, this process is one task of a multi-task SLURM job step
+    (srun: SLURM_STEP_ID and SLURM_PROCID set), or a TPU VM has workers. An salloc shell also has SLURM_NTASKS > 1
+    but no step: its processes train alone rather than wait for tasks that never start."""
     if mode is not None:
         return mode
+    in_step = bool(env.get("SLURM_STEP_ID")) and bool(env.get("SLURM_PROCID"))
     slurm_tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
-    return (bool(env.get("JAX_COORDINATOR_ADDRESS")) or (slurm_tasks.isdigit() and int(slurm_tasks) > 1)
+    return (bool(env.get("JAX_COORDINATOR_ADDRESS")) or (in_step and slurm_tasks.isdigit() and int(slurm_tasks) > 1)
             or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
 def initialize(cfg: Config, env: Mapping[str, str] = os.environ) -> None:
-    """jax.distributed.initialize() once per process, before any device is touched, when the run spans hosts."""
+    """jax.distributed.initialize() once per process, before any device is touched, when the run spans hosts.
+
+    Never a hang: jax aborts the whole process (no Python exception) when its own timeout passes, so a process
+    whose coordinator does not answer raises a ConfigError before calling it, and past TESTBED_DISTRIBUTED_TIMEOUT_S
+    (default 300; testbed/multihost.py) the same one line is printed and the process exits 2 while jax still waits."""
     if jax.distributed.is_initialized() or not wants_distributed(cfg.train.distributed, env):
         return
     kw = {}
@@ -51,7 +61,20 @@ def initialize(cfg: Config, env: Mapping[str, str] = os.environ) -> None:
         for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
             if env.get(key):
                 kw[name] = int(env[key])
-    jax.distributed.initialize(**kw)  # else SLURM / TPU / MPI are detected from their environments
+    elif "SLURM_STEP_ID" in env:
+        kw["local_device_ids"] = multihost.slurm_local_devices(env)
+    timeout, t0 = multihost.timeout_s(env), time.monotonic()
+    fail = multihost.failure(timeout, kw, env)
+    if kw.get("coordinator_address") and kw.get("process_id", 0) != 0:
+        multihost.reach(kw["coordinator_address"], timeout, fail)
+    left = max(1, int(timeout - (time.monotonic() - t0)))
+    watchdog = threading.Timer(left, multihost.give_up, (f"testbed train: error: {fail}",))
+    watchdog.daemon = True
+    watchdog.start()
+    try:  # what is not given here jax detects from the SLURM, TPU or MPI environment
+        jax.distributed.initialize(**kw, initialization_timeout=left + 60)
+    finally:
+        watchdog.cancel()
 
 
 def is_primary() -> bool:

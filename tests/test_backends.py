@@ -67,13 +67,28 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes(tmp_path):
 
 def test_ray_backend_runs_tasks_on_a_local_cluster(tmp_path):
     pytest.importorskip("ray")
+    # each task asks for a TPU chip of a local cluster that has two (a custom resource: Ray only counts it)
     spec = write_sweep(tmp_path, set=TINY, grid={"seed": [0, 1]},
-                       resources={"ray": {"init_num_cpus": 2, "num_cpus": 1}})
+                       resources={"ray": {"init_num_cpus": 2, "init_resources": {"TPU": 2}, "num_cpus": 1,
+                                          "resources": {"TPU": 1}}})
     out = tmp_path / "out"
     logs = []
     summary = sweep.run_sweep(spec, out, backend="ray", log=logs.append)
     assert summary["ok"] and summary["counts"] == {"completed": 2}, logs
     assert _completed(out, sweep.expand(spec)) == ["completed", "completed"]
+
+
+def test_ray_tasks_ask_for_the_devices_in_the_sweep_file():
+    pytest.importorskip("ray")
+    init, task = backends.ray_options({"address": "auto", "num_gpus": 1, "resources": {"TPU": 4},
+                                       "accelerator_type": "TPU-V4", "init_resources": {"TPU": 8}})
+    assert init == {"address": "auto", "num_cpus": None, "resources": None}  # an existing cluster: not ours to size
+    assert task == {"num_cpus": 1, "num_gpus": 1, "max_retries": 3, "resources": {"TPU": 4},
+                    "accelerator_type": "TPU-V4"}
+    init, task = backends.ray_options({"init_resources": {"TPU": 8}})
+    assert init["resources"] == {"TPU": 8} and "resources" not in task
+    with pytest.raises(C.ConfigError, match="resources.ray.resources: expected a mapping"):
+        backends.ray_options({"resources": {"TPU": "four"}})
 
 
 def test_backend_settings_are_checked(tmp_path):

@@ -60,12 +60,12 @@ def test_tpu_command_runs_on_every_worker(capsys):
     rc, text, _ = launch(capsys, "--print", "--target", "tpu", "--tpu-name", "v4-32", "--zone", "us-central2-b",
                          "--workdir", "/home/me/testbed", "--out", "gs-fuse/runs/a")
     assert rc == 0
-    (cmd,) = [x for x in text.splitlines() if x.startswith("gcloud ")]
+    cmd = [x for x in text.splitlines() if x.startswith("gcloud ")][-1]  # the last: train (tests/test_multihost.py)
     argv = shlex.split(cmd)
     assert argv[:10] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32", "--zone", "us-central2-b",
                          "--worker=all", "--command"]
     remote = argv[10]
-    assert remote.startswith("cd /home/me/testbed && python3 -m testbed.launch.cli train ")
+    assert remote.startswith("cd /home/me/testbed && python3 -m testbed.launch.cli train tiny.yaml ")
     assert "--set train.mesh.data=-1 --set train.distributed=true" in remote and "--out gs-fuse/runs/a" in remote
 
 

@@ -87,10 +87,12 @@ def test_mesh_shape_and_param_specs():
 def test_distributed_detection():
     assert not sharding.wants_distributed(None, {})
     assert not sharding.wants_distributed(None, {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})  # one task: one process
-    assert sharding.wants_distributed(None, {"SLURM_NTASKS": "4"})
+    assert not sharding.wants_distributed(None, {"SLURM_NTASKS": "4"})  # an salloc shell: no job step
+    assert sharding.wants_distributed(None, {"SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_PROCID": "2"})
     assert sharding.wants_distributed(None, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
     assert sharding.wants_distributed(None, {"TPU_WORKER_HOSTNAMES": "t0,t1"})
-    assert sharding.wants_distributed(True, {}) and not sharding.wants_distributed(False, {"SLURM_NTASKS": "4"})
+    step = {"SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_PROCID": "0"}
+    assert sharding.wants_distributed(True, {}) and not sharding.wants_distributed(False, step)
 
 
 def test_mesh_is_placement_not_identity(tmp_path):

@@ -102,8 +102,6 @@ def cmd_coordcheck(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    import os
-
     from testbed.launch import cluster
 
     cfg = load_config(args)  # validated here, before anything is printed or submitted
@@ -112,7 +110,7 @@ def cmd_launch(args) -> int:
     tpu = cluster.Tpu(args.tpu_name, args.zone, args.project) if args.target == "tpu" else None
     text, argv, stdin = cluster.render(args.target, cfg, args.config, args.overrides,
                                        args.out or str(default_run_dir(cfg, args.config)),
-                                       args.workdir or os.getcwd(), args.python, slurm, tpu)
+                                       args.workdir, args.python, slurm, tpu)
     if args.print_only:
         print(text, end="")
         return 0
@@ -163,16 +161,18 @@ COMMANDS = (
         JSON,
         arg("--plot", help="write the panel figure here (.png, .svg or .pdf)"),
     ), cmd_coordcheck),
-    Command("launch", "one run over several hosts: a SLURM sbatch script or a Cloud TPU VM command", (
+    Command("launch", "one run over several hosts: a SLURM sbatch script, or a script that ships this checkout to "
+            "a Cloud TPU VM's workers and runs it there", (
         *config_args(),
         arg("--target", required=True, choices=("slurm", "tpu")),
         arg("--print", dest="print_only", action="store_true",
             help="print the script / command instead of submitting it (sbatch; gcloud)"),
         arg("--out", help="run directory on the cluster's shared disk (default runs/<config>-<hash>)"),
-        arg("--workdir", help="directory the hosts run from (default: this one)"),
+        arg("--workdir", help="directory the hosts run from (default: this one for slurm; testbed-run under each "
+            "TPU worker's home, where the wheel and config are copied)"),
         arg("--python", help="interpreter on the hosts (default: this one for slurm, python3 for tpu)"),
-        arg("--nodes", type=int, default=1, help="slurm: nodes, one task (process) each"),
-        arg("--gpus-per-node", type=int, default=1, help="slurm: GPUs per node"),
+        arg("--nodes", type=int, default=1, help="slurm: nodes, one task (process) each, owning its GPUs"),
+        arg("--gpus-per-node", type=int, default=1, help="slurm: GPUs per node, all used by the node's process"),
         arg("--time", default="04:00:00", help="slurm: time limit (SIGUSR1 90 s before it: checkpoint)"),
         arg("--partition", help="slurm: partition"),
         arg("--account", help="slurm: account"),

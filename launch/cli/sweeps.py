@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from testbed.launch.cli.spec import Command, arg, stderr
@@ -10,20 +11,36 @@ from testbed.config import ConfigError
 from testbed.runstore import dumps
 
 
+def workers_arg(text: str) -> int | None:
+    """argparse type for --workers: a count, or 'auto' (None: the placement or layout decides)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or auto, got {text!r}") from None
+
+
 def cmd_sweep(args) -> int:
     from testbed.launch import sweep
 
     if args.dry_run:
+        from testbed.launch import devices, plan
+
         fps = sweep.parse_flops_per_s(args.flops_per_s)
-        rows = sweep.describe(sweep.expand(args.sweep), args.out, flops_per_s=fps)
+        runs = sweep.expand(args.sweep)
+        rows = sweep.describe(runs, args.out, flops_per_s=fps)
+        p = plan.dry_run(rows, {r.run_id: r.cfg for r in runs}, args.workers, args.pack,
+                         devices.detect(args.accelerators))
         print(dumps(rows) if args.json else sweep.format_table(rows))
         if not args.json:
+            print(plan.format_placement(p), file=sys.stderr)
             print(sweep.format_dry_run(rows, fps), file=sys.stderr)
         return 0
     if not args.out:
         raise ConfigError("--out: pass a sweep directory, e.g. --out runs/transfer_lr (or use --dry-run)")
     summary = sweep.run_sweep(args.sweep, args.out, workers=args.workers, pack=args.pack, layout=args.layout,
-                              backend=args.backend, wait=not args.no_wait)
+                              backend=args.backend, wait=not args.no_wait, accelerators=args.accelerators)
     print(dumps(summary))
     return 0 if summary["ok"] or args.no_wait else 1
 
@@ -70,8 +87,12 @@ COMMANDS = (
     Command("sweep", "expand a sweep file into runs and train them (skips completed runs)", (
         arg("sweep", help="YAML sweep file, e.g. configs/transfer_lr.yaml"),
         arg("--out", help="sweep directory: one run directory per run id, manifest.json, sweep.yaml"),
-        arg("--workers", type=int, default=None,
-            help="local backend: trainer processes at once, cores split between them (default: the layout)"),
+        arg("--workers", type=workers_arg, default=None,
+            help="local backend: trainer processes at once; auto (default): one per GPU (one for a TPU VM's "
+                 "chips) when accelerators are found, else the measured layout, cores split between them"),
+        arg("--accelerators", default=None, metavar="KIND:N",
+            help="local backend: pretend this machine has N devices (gpu:8, tpu:4; none: CPU only) to see or test "
+                 "the placement (default: TESTBED_ACCELERATORS, else the GPUs/TPUs found)"),
         arg("--pack", type=int, default=None, metavar="K",
             help="train up to K same-shape runs (differing in lr, weight decay, seed, init std) as one "
                  "vmapped program per unit (default: the layout on local, 1 on slurm/ray)"),

@@ -1,0 +1,64 @@
+"""The persistent compilation cache a sweep's workers share: the train step's compile_s of two identical
+`testbed train` runs in one cache directory (the first compiles and writes, the second reads), as sweep workers
+get it (launch/runner.py trainer_env). Prints JSON.
+
+    python bench/compile_cache.py [--config configs/tiny.yaml] [--set model.d_model=128 ...] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from testbed.launch import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_compile_s(cfg: str, sets: list[str], out: Path, env: dict) -> float:
+    """One fresh `testbed train` (its own run directory); the compile_s its summary.json reports."""
+    cmd = [sys.executable, "-m", "testbed.launch.cli", "train", cfg, "--out", str(out), "--no-progress",
+           *(x for kv in sets for x in ("--set", kv))]
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return json.loads((out / "summary.json").read_text())["compile_s"]
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
+    ap.add_argument("--set", dest="sets", action="append",
+                    default=["train.steps=5", "train.eval_every=5", "optim.warmup_steps=0"])
+    ap.add_argument("--repeats", type=int, default=2, help="cold/warm pairs, each in a fresh cache directory")
+    args = ap.parse_args()
+    pairs = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep_dir = Path(tmp)
+            base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+            env = runner.trainer_env(sweep_dir, {**base, "PYTHONUNBUFFERED": "1"})
+            cold = train_compile_s(args.config, args.sets, sweep_dir / "a", env)
+            warm = train_compile_s(args.config, args.sets, sweep_dir / "b", env)
+            files = sum(1 for _ in (sweep_dir / runner.CACHE_DIR).iterdir())
+            pairs.append({"cold_compile_s": round(cold, 3), "warm_compile_s": round(warm, 3),
+                          "ratio": round(warm / cold, 3), "cache_files": files})
+    print(json.dumps({"config": args.config, "sets": args.sets, "cpu": cpu_model(), "cores": os.cpu_count(),
+                      "jax_platforms": os.environ.get("JAX_PLATFORMS", "(default)"), "pairs": pairs,
+                      "loadavg": os.getloadavg()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
