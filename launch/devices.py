@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.config import ConfigError
+from testbed.hardware import device_numbers, nvidia_smi, tpu_chips
 
 KINDS = ("gpu", "tpu")
 ENV_VAR = "TESTBED_ACCELERATORS"
@@ -87,7 +86,7 @@ def for_backend(backend: str, flag: str | None) -> Accelerators | None:
 
 def gpus(env: Mapping[str, str] = os.environ) -> Accelerators | None:
     """NVIDIA GPUs from the driver (nvidia-smi -L), narrowed to CUDA_VISIBLE_DEVICES; None when there are none."""
-    found = _nvidia_smi() or {str(i): "" for i in _device_numbers(Path("/dev"), "nvidia")}
+    found = nvidia_smi() or {str(i): "" for i in device_numbers(Path("/dev"), "nvidia")}
     if not found:
         return None
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -103,29 +102,7 @@ def gpus(env: Mapping[str, str] = os.environ) -> Accelerators | None:
 
 def tpus(env: Mapping[str, str] = os.environ) -> Accelerators | None:
     """TPU chips from their device files; None when there are none."""
-    chips = _device_numbers(Path("/dev"), "accel")
-    if not chips and env.get("TPU_ACCELERATOR_TYPE"):
-        chips = _device_numbers(Path("/dev/vfio"), "")
+    chips = tpu_chips(env)
     if not chips:
         return None
     return Accelerators("tpu", tuple(str(i) for i in chips), env.get("TPU_ACCELERATOR_TYPE", ""))
-
-
-def _nvidia_smi() -> dict[str, str]:
-    """{index: product name} from `nvidia-smi -L` ('GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)')."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return {}
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^GPU (\d+): (.*?)(?: \(UUID:.*)?$", out, re.M)}
-
-
-def _device_numbers(folder: Path, prefix: str) -> list[int]:
-    try:
-        names = [p.name[len(prefix):] for p in folder.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform as host
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from testbed.config import Config, ConfigError
 
@@ -64,26 +66,45 @@ def versions() -> dict:
     return out
 
 
-def nvidia_gpus() -> int:
-    """NVIDIA GPUs the machine has (nvidia-smi -L), whatever JAX sees; 0 without the driver."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
+def nvidia_smi() -> dict[str, str]:
+    """{index: product name} of the NVIDIA GPUs the driver lists (`nvidia-smi -L`), whatever JAX sees; {} without
+    the driver. Read without starting JAX (a launcher must not hold the devices its workers need)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^GPU (\d+): (.*?)(?: \(UUID:.*)?$", out, re.M)}
+
+
+def device_numbers(folder: Path, prefix: str) -> list[int]:
+    """N of every `folder/<prefix>N` device file (/dev/nvidia0, /dev/accel3, ...), sorted."""
+    try:
+        names = [p.name[len(prefix):] for p in folder.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def tpu_chips(env=os.environ) -> list[int]:
+    """The TPU chips' device files: /dev/accelN (v2-v4), or /dev/vfio/N on a VM with TPU_ACCELERATOR_TYPE (v5e on)."""
+    chips = device_numbers(Path("/dev"), "accel")
+    if not chips and env.get("TPU_ACCELERATOR_TYPE"):
+        chips = device_numbers(Path("/dev/vfio"), "")
+    return chips
 
 
 def hint(seen: dict) -> str | None:
     """A warning when the machine has accelerators JAX does not use (the CPU-only jaxlib), else None."""
     if seen["platform"] != "cpu":
         return None
-    gpus = nvidia_gpus()
+    gpus = len(nvidia_smi())
     if gpus:
         return (f"JAX computes on the CPU, but this machine has {gpus} NVIDIA GPU(s) (nvidia-smi): install JAX's "
                 f"GPU build ({INSTALL['gpu']}), or set train.platform: cpu to mean it")
-    if os.environ.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"):
+    if tpu_chips():
         return (f"JAX computes on the CPU, but this machine looks like a TPU VM: install JAX's TPU build "
                 f"({INSTALL['tpu']}), or set train.platform: cpu to mean it")
     return None
@@ -131,7 +152,7 @@ def report() -> dict:
     """`testbed env`: devices, versions, the machine, and a hint when accelerators go unused."""
     seen = devices()
     out = {**seen, "versions": versions(), "host": host.node(), "machine": host.machine(),
-           "jax_platforms": os.environ.get("JAX_PLATFORMS") or None, "nvidia_gpus": nvidia_gpus()}
+           "jax_platforms": os.environ.get("JAX_PLATFORMS") or None, "nvidia_gpus": len(nvidia_smi())}
     out["hint"] = hint(seen)
     return out
 
