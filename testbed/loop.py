@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from testbed import branch, checkpoints, faults, parametrization, shapes, spectral
+from testbed import branch, checkpoints, faults, hardware, parametrization, shapes, spectral
 from testbed.config import Config, ConfigError, to_dict
 from testbed.data import Source, make_source
 from testbed.optim import group_table
@@ -94,7 +94,9 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
     (testbed.hardware.devices: platform, device kind and count, processes) goes into every summary.
     """
     for m in members:
-        _write_config(m, _where(members))
+        _write_config(m, _where(members))  # may raise ConfigError (another config there): before any output
+    if devices is not None:
+        announce(members[0].run.path if len(members) == 1 else f"pack of {len(members)}", devices, log)
     results: list[dict | None] = [None] * len(members)
     for i, m in enumerate(members):
         done = m.run.read_summary()
@@ -133,6 +135,14 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
                                      "traceback": traceback.format_exc()})
         raise
     return [results[i] if results[i] is not None else m.summary for i, m in enumerate(members)]
+
+
+def announce(where: str | Path, seen: dict, log: Callable[[str], None]) -> None:
+    """The line every run starts with (what it trains on), and a warning when accelerators go unused."""
+    log(f"{where}: training on {hardware.describe(seen)}")
+    warning = hardware.hint(seen)
+    if warning:
+        log(f"WARNING: {warning}")
 
 
 def _where(ms: list[Member]) -> str:

@@ -36,7 +36,7 @@ from testbed.data import Source, make_source
 from testbed.loop import Member, make_member, train_members
 from testbed.model import init_params, param_info
 from testbed.runstore import RunDir
-from testbed.train import Evaluator, announce, init_state, make_eval_step, make_train_step
+from testbed.train import Evaluator, init_state, make_eval_step, make_train_step
 from testbed.vmappable import VMAPPABLE, pack_conflict, pack_key, solo_reason
 
 __all__ = ["VMAPPABLE", "pack_key", "make_pack_step", "train_pack", "time_pack"]
@@ -172,7 +172,6 @@ def train_pack(cfgs: list[Config], out_dirs: list[str | Path], progress: bool = 
     seen = hardware.select(cfgs[0])  # train.platform (not vmappable: equal within a pack)
     sources: dict[str, Source] = {}
     members = [make_member(c, d, sources=sources) for c, d in zip(cfgs, out_dirs, strict=True)]  # nothing written
-    announce(f"pack of {len(cfgs)}" if len(cfgs) > 1 else out_dirs[0], seen, log)
     tmpl = template(cfgs)
     tx = optim.make_optimizer(tmpl, param_info(init_params(tmpl, jax.random.key(tmpl.seed))))
 

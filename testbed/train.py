@@ -200,7 +200,6 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
     if not primary:
         progress, log = False, lambda _: None
     member = make_member(cfg, out, run=None if primary else _Follower(out))  # may raise ConfigError: nothing written
-    announce(out, seen, log)
     place = sharding.placement(cfg)  # None: one device, no shardings (the plain path)
     params = init_params(cfg, jax.random.key(cfg.seed))
     tx = optim.make_optimizer(cfg, param_info(params))
@@ -214,10 +213,3 @@ def train(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[st
                               devices=seen)
     return summary
 
-
-def announce(where: str | Path, seen: dict, log: Callable[[str], None]) -> None:
-    """The line every run starts with (what it trains on), and a warning when accelerators go unused."""
-    log(f"{where}: training on {hardware.describe(seen)}")
-    warning = hardware.hint(seen)
-    if warning:
-        log(f"WARNING: {warning}")
