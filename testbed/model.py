@@ -76,31 +76,33 @@ def rope(x_BxLxHxK, base: float):
     return (x_BxLxHxK * cos_Lx1xK + rotated * sin_Lx1xK).astype(x_BxLxHxK.dtype)
 
 
-def causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 128):
+def causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 64):
     """Causal softmax attention (q pre-scaled), float32 logits, skipping key blocks above the diagonal.
 
-    Query block i attends only to keys [0, (i + 1) * block): with L = 256 that computes 3/4 of the L x L scores,
-    and fwd+bwd ran ~28% faster than the full masked product on CPU. Plain einsums rather than
-    jax.nn.dot_product_attention: faster on CPU here, and with float32 logits the fused GPU kernels would not
-    be picked anyway. FLOP accounting (shapes.py) still counts the full L x L, the usual convention.
+    Query block i attends only to keys [0, (i + 1) * block): with L = 256 and 64-token blocks that computes 5/8
+    of the L x L scores. Written for XLA:CPU, where it beats jax.nn.dot_product_attention (which the GPU and
+    TPU paths use): heads-first operands (no transposes inside the batched matmuls), one additive causal bias
+    per block, and the softmax's normalisation applied to the [C, K] output rather than the [C, S] weights
+    (one pass over the scores fewer, forward and backward; +8% tokens/s at the reference shape). The max
+    shift is a constant to autodiff (it cancels exactly). FLOP accounting (shapes.py) still counts the full
+    L x L, the usual convention.
     """
     L = q_BxLxHxK.shape[1]
     n = L // block if L % block == 0 and L >= 2 * block else 1
     c = L // n
-    # Only the diagonal block needs a mask; an additive bias is cheaper than a select in fwd and bwd.
-    causal_bias_CxC = jnp.asarray(np.where(np.tril(np.ones((c, c), bool)), 0.0, -1e30), jnp.float32)
+    q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
     outs = []
     for i in range(n):
-        q_BxCxHxK = q_BxLxHxK[:, i * c:(i + 1) * c]
-        diag_BxHxCxC = jnp.einsum("bqhk,bthk->bhqt", q_BxCxHxK, k_BxLxHxK[:, i * c:(i + 1) * c]) + causal_bias_CxC
-        if i:
-            past_BxHxCxP = jnp.einsum("bqhk,bthk->bhqt", q_BxCxHxK, k_BxLxHxK[:, :i * c])
-            logits_BxHxCxS = jnp.concatenate([past_BxHxCxP, diag_BxHxCxC], axis=-1)
-        else:
-            logits_BxHxCxS = diag_BxHxCxC
-        probs_BxHxCxS = jax.nn.softmax(logits_BxHxCxS, axis=-1)
-        outs.append(jnp.einsum("bhqt,bthk->bqhk", probs_BxHxCxS, v_BxLxHxK[:, :(i + 1) * c]))
-    return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)
+        s = (i + 1) * c  # keys this query block sees
+        rows_Cx1, keys_1xS = np.arange(i * c, s)[:, None], np.arange(s)[None, :]
+        causal_bias_CxS = jnp.asarray(np.where(keys_1xS <= rows_Cx1, 0.0, -1e30), jnp.float32)
+        logits_BxHxCxS = jnp.einsum("bhqk,bhtk->bhqt", q_BxHxLxK[:, :, i * c:s], k_BxHxLxK[:, :, :s]) + causal_bias_CxS
+        shift_BxHxCx1 = jax.lax.stop_gradient(jnp.max(logits_BxHxCxS, axis=-1, keepdims=True))
+        weights_BxHxCxS = jnp.exp(logits_BxHxCxS - shift_BxHxCx1)  # every row keeps its diagonal: a sum >= 1
+        norm_BxHxCx1 = 1.0 / jnp.sum(weights_BxHxCxS, axis=-1, keepdims=True)
+        outs.append(jnp.einsum("bhqt,bhtk->bhqk", weights_BxHxCxS, v_BxHxLxK[:, :, :s]) * norm_BxHxCx1)
+    out_BxHxLxK = outs[0] if n == 1 else jnp.concatenate(outs, axis=2)
+    return jnp.swapaxes(out_BxHxLxK, 1, 2)
 
 
 def attention_impl(cfg: Config) -> str:
