@@ -114,7 +114,7 @@ def hyperparams(cfg: Config) -> dict:
 def init(tx: optax.GradientTransformation, params, cfg: Config):
     """tx's state for `params`, carrying cfg's peak LR and weight decay: the members of a pack share one tx (one
     traced chain) and differ only in these values of their states."""
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)  # one program: eagerly, the schedule's scalar ops compile one at a time
     return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyperparams(cfg)})
 
 

@@ -18,16 +18,23 @@ def testbed_cmd(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, **kw)
 
 
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory) -> dict:
+    """One persistent JAX compilation cache for the session (keyed by program, jax version and flags), so the
+    same programs (a tiny model's step, a law's fit) compiled again in later subprocesses are disk reads.
+    (Not pytest's cache dir: CI runs with -p no:cacheprovider.)"""
+    cache = tmp_path_factory.mktemp("jax_compilation_cache")
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 @pytest.fixture
-def cli():
-    return testbed_cmd
+def cli(compilation_cache):
+    """testbed_cmd with the session's compilation cache (a test passing env= chooses its own)."""
+    return lambda *args, **kw: testbed_cmd(*args, **{"env": {**os.environ, **compilation_cache}, **kw})
 
 
 @pytest.fixture(scope="session")
-def jax_env(tmp_path_factory) -> dict:
-    """Environment for jax subprocesses: unbuffered, CPU, and one compilation cache for the session (keyed by
-    program, jax version and flags), so the same programs compiled again in later subprocesses are disk reads.
-    (Not pytest's cache dir: CI runs with -p no:cacheprovider.)"""
-    cache = tmp_path_factory.mktemp("jax_compilation_cache")
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def jax_env(compilation_cache) -> dict:
+    """Environment for jax subprocesses: unbuffered, CPU, and the session's compilation cache."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", **compilation_cache}
