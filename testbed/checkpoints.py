@@ -165,10 +165,27 @@ class _QuietHook:
         self.previous(unraisable)
 
 
+class _OrphanedOrbaxErrors(logging.Filter):
+    """Drops asyncio's reports of errors nobody awaited: after a failed restore, orbax's other pending reads of the
+    same broken step fail too, and at garbage collection asyncio logs each one ('Task exception was never
+    retrieved' + a traceback), after the one-line warning that already said which step is unreadable."""
+
+    NOISE = ("Task exception was never retrieved", "Future exception was never retrieved", "Event loop is closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        return not any(n in text for n in self.NOISE)
+
+
 def quiet_closed_loop_callbacks() -> None:
     """After a failed orbax restore or save, tensorstore's pending callbacks hit a closed asyncio loop and Python
-    prints one 'Event loop is closed' traceback per callback: that noise alone is dropped (other unraisables are
-    not). Installed once per process."""
+    prints one 'Event loop is closed' traceback per callback, and asyncio logs the failed reads nobody awaited:
+    that noise alone is dropped (other unraisables and asyncio errors are not). Installed once per process."""
     if not isinstance(sys.unraisablehook, _QuietHook):
         sys.unraisablehook = _QuietHook(sys.unraisablehook)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrphanedOrbaxErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_OrphanedOrbaxErrors())
 

@@ -5,6 +5,8 @@ read, a clear error (exit 2) and nothing is moved."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -138,3 +140,33 @@ def test_a_pack_member_with_a_corrupted_checkpoint_falls_back_too(reference, jax
     for d in (a, b):
         assert summary(d)["status"] == "completed" and [x["step"] for x in rows(d)] == list(range(1, STEPS + 1))
     assert summary(a)["final_eval_loss"] == pytest.approx(summary(reference)["final_eval_loss"], rel=1e-4)
+
+
+ORPHANED_TASK = """
+import asyncio, gc, logging, sys
+from testbed import checkpoints
+if sys.argv[1] == "quiet":
+    checkpoints.quiet_closed_loop_callbacks()
+
+async def read_broken_step():
+    raise ValueError("DATA_LOSS: Error decoding manifest")
+
+async def main():
+    asyncio.ensure_future(read_broken_step())  # nobody awaits it, as orbax's sibling reads after a failed restore
+    await asyncio.sleep(0.01)
+
+asyncio.run(main())
+gc.collect()
+logging.getLogger("asyncio").error("another asyncio error")
+"""
+
+
+def test_orphaned_read_errors_after_a_failed_restore_are_not_printed():
+    """asyncio's 'Task exception was never retrieved' traceback for a failed read nobody awaited is dropped once a
+    restore has failed; other asyncio errors still print."""
+    loud = subprocess.run([sys.executable, "-c", ORPHANED_TASK, "loud"], capture_output=True, text=True, timeout=120)
+    assert "Task exception was never retrieved" in loud.stderr and "DATA_LOSS" in loud.stderr  # what it drops
+    quiet = subprocess.run([sys.executable, "-c", ORPHANED_TASK, "quiet"], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "never retrieved" not in quiet.stderr and "Traceback" not in quiet.stderr
+    assert "another asyncio error" in quiet.stderr
