@@ -144,7 +144,6 @@ def storage_failure(where: str, e: BaseException) -> StorageError:
     background writers fail the same way; their leftover futures' errors are not repeated at exit. `where` names
     the run directories ('--out RUN_DIR' for one run)."""
     quiet_closed_loop_callbacks()
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved" at exit
     why = e.strerror if isinstance(e, OSError) and e.strerror else next(
         (m for m in STORAGE_MESSAGES if m in str(e)), "storage error")
     first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
