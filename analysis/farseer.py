@@ -66,9 +66,9 @@ def data_exponent(params: dict[str, float], N: np.ndarray | float) -> np.ndarray
     return np.exp(params["a1"] * np.asarray(N, np.float64) ** params["alpha"] + params["b1"])
 
 
-def starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def starts(X: np.ndarray, y: np.ndarray, pad_to: int | None = None) -> np.ndarray:
     """[S, 9] raw starts: the Chinchilla fit mapped onto Farseer, with the N-dependences spread around it."""
-    q = fit.fit(laws.CHINCHILLA, X, y).params
+    q = fit.fit(laws.CHINCHILLA, X, y, pad_to=pad_to).params
     n_ref = float(np.exp(np.median(np.log(X[:, 0] / N_UNIT))))
     rows = []
     for a1, al, a2, be, gs in itertools.product(*SPREAD.values()):
@@ -80,11 +80,12 @@ def starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(rows, np.float64)
 
 
-def fit_farseer(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0) -> fit.FitResult:
+def fit_farseer(X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 0,
+                pad_to: int | None = None) -> fit.FitResult:
     """Farseer through analysis/fit.py (Huber on log residuals, damped Newton) from the data-built starts."""
     fit.check_points(LAW, np.asarray(X, np.float64), np.asarray(y, np.float64))
-    res = fit.fit(LAW, X, y, bootstrap=bootstrap, seed=seed, starts=starts(X, y),
-                  polish_iters=POLISH_ITERS, boot_iters=BOOT_ITERS)
+    res = fit.fit(LAW, X, y, bootstrap=bootstrap, seed=seed, starts=starts(X, y, pad_to),
+                  polish_iters=POLISH_ITERS, boot_iters=BOOT_ITERS, pad_to=pad_to)
     d = res.diagnostics
     d["starts_from"] = "the Chinchilla fit, N-dependences spread around it"
     # b1, b2, b3 start at one value each (from Chinchilla): moving off it is not a grid edge

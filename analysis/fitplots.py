@@ -147,3 +147,23 @@ def plot_law(objs: dict, out: dict, path: str | Path) -> None:
     fig.tight_layout()
     plots.save(fig, path)
     plt.close(fig)
+
+
+def plot_backtest(out: dict, path: str | Path) -> None:
+    """`testbed backtest --plot`: |relative error| of every held-out run vs its extrapolation factor, one colour per
+    law, with each law's median per half-decade of extrapolation as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, (name, rec) in enumerate(out["laws"].items()):
+        f = np.array([p["factor"] for p in rec["points"]])
+        e = np.abs([p["rel_error"] for p in rec["points"]])
+        ax.scatter(f, np.maximum(e, 1e-5), s=10, alpha=0.35, color=f"C{i}")
+        mid = [np.sqrt(b["factor_range"][0] * b["factor_range"][1]) for b in rec["by_factor"]]
+        ax.plot(mid, [max(b["median_abs_rel_error"], 1e-5) for b in rec["by_factor"]], "o-", color=f"C{i}",
+                label=f"{name} (median {rec['median_abs_rel_error']:.2%})")
+    ax.set(xscale="log", yscale="log", xlabel="extrapolation factor C / C_max fitted",
+           ylabel="|relative error| of the predicted loss", title=f"backtest: {len(out['cuts'])} cuts by {out['by']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plots.save(fig, path)
+    plt.close(fig)

@@ -101,6 +101,14 @@ def _constant(text: str) -> float | None:
         return None
 
 
+def _scaled(text: str, df: pd.DataFrame) -> tuple[str, float] | None:
+    """A --columns value COLUMN*NUMBER (e.g. C=total_gflops*1e9: units the file does not use), else None."""
+    col, star, num = text.rpartition("*")
+    if star and col.strip() in df.columns and _constant(num.strip()) is not None:
+        return col.strip(), float(num)
+    return None
+
+
 def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
     """A CSV/parquet table, the user's columns renamed to standard names, those numeric as floats (junk -> NaN)."""
     name = path.name.lower()
@@ -115,7 +123,8 @@ def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
     columns = dict(columns or {})
     _check_keys(columns)
     constants = {std: _constant(col) for std, col in columns.items() if col not in df.columns}
-    columns = {std: col for std, col in columns.items() if constants.get(std) is None}
+    scaled = {std: sc for std, col in columns.items() if col not in df.columns and (sc := _scaled(col, df))}
+    columns = {std: col for std, col in columns.items() if constants.get(std) is None and std not in scaled}
     for std, col in columns.items():
         if col not in df.columns:
             raise ConfigError(f"--columns {std}={col}: {path.name} has no column {col!r}; its columns: "
@@ -129,6 +138,8 @@ def _read_file(path: Path, columns: dict[str, str] | None) -> pd.DataFrame:
     for std, value in constants.items():
         if value is not None:  # --columns seq_len=2048: the same value on every row
             out[std] = value
+    for std, (col, factor) in scaled.items():
+        out[std] = pd.to_numeric(df[col], errors="coerce") * factor
     for c in NUMERIC:
         if c in out.columns:
             out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)

@@ -16,8 +16,10 @@ from testbed.config import ConfigError
 REPORT_C = (1e18, 1e20, 1e22, 1e24)
 
 
-def fit_law(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> fit.FitResult:
-    """The law's fit: variable projection for chinchilla-vp, Farseer's staged starts, else analysis/fit.py."""
+def fit_law(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: int,
+            pad_to: int | None = None) -> fit.FitResult:
+    """The law's fit: variable projection for chinchilla-vp, Farseer's staged starts, else analysis/fit.py.
+    pad_to: fits of subsets of one table (a backtest's cuts) reuse one compiled program (analysis/fit.py)."""
     if law.name == "chinchilla-vp":
         from testbed.analysis import vp
 
@@ -25,8 +27,8 @@ def fit_law(law: laws.Law, X: np.ndarray, y: np.ndarray, bootstrap: int, seed: i
     if law.name == "farseer":
         from testbed.analysis import farseer
 
-        return farseer.fit_farseer(X, y, bootstrap=bootstrap, seed=seed)
-    return fit.fit(law, X, y, bootstrap=bootstrap, seed=seed)
+        return farseer.fit_farseer(X, y, bootstrap=bootstrap, seed=seed, pad_to=pad_to)
+    return fit.fit(law, X, y, bootstrap=bootstrap, seed=seed, pad_to=pad_to)
 
 
 def _xy(law: laws.Law, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -63,24 +65,50 @@ def _derived_at(law: laws.Law, res: fit.FitResult) -> dict[str, Any]:
     return out
 
 
-def _predictions(law: laws.Law, res: fit.FitResult, text: str | None) -> list[dict] | None:
-    """--predict 'N=1e9,D=2e10;N=3e9,D=6e10': the law's loss at each point (+ a bootstrap CI)."""
-    if not text:
-        return None
+def parse_points(text: str, inputs: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[dict[str, float]]:
+    """--predict 'N=1e9,D=2e10;N=3e9,D=6e10' -> one dict per point, each naming the law's inputs (and, for fit
+    auto, optionally the inputs of other laws it may choose: `extra`)."""
     out = []
     for item in text.split(";"):
         try:
             point = {k.strip(): float(v) for k, v in (kv.split("=", 1) for kv in item.split(","))}
         except ValueError:
             point = {}
-        if set(point) != set(law.inputs):
-            raise ConfigError(f"--predict {item!r}: give {', '.join(f'{k}=VALUE' for k in law.inputs)} per point, "
+        if not set(inputs) <= set(point) <= set(inputs) | set(extra):
+            also = f" (and optionally {', '.join(f'{k}=VALUE' for k in extra)})" if extra else ""
+            raise ConfigError(f"--predict {item!r}: give {', '.join(f'{k}=VALUE' for k in inputs)}{also} per point, "
                               f"points separated by ';' (e.g. --predict \"N=1e9,D=2e10\")")
+        out.append(point)
+    return out
+
+
+def point_compute(point: dict[str, float], rows: pd.DataFrame) -> float:
+    """A --predict point's compute on the data's scale: 6 N D times the data's median C / (6 N D)."""
+    n = point.get("N", point.get("N_nonembed"))
+    c6 = 6.0 * n * point["D"]
+    if {"C", "C_6ND"} <= set(rows.columns):
+        ratio = (rows["C"] / rows["C_6ND"]).to_numpy(float)
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        return c6 * float(np.median(ratio)) if len(ratio) else c6
+    return c6
+
+
+def predictions(law: laws.Law, res: fit.FitResult, points: list[dict[str, float]], rows: pd.DataFrame,
+                bt_points: list[dict] | None) -> list[dict]:
+    """The law's loss at each point, its bootstrap CI (parameter noise) and, from the law's backtest errors on
+    these rows, the prediction interval at the point's extrapolation factor (analysis/backtest.py)."""
+    from testbed.analysis import backtest
+
+    out = []
+    c_max = float(rows["C"].max()) if "C" in rows.columns else None
+    for point in points:
         X = np.array([[point[k] for k in law.inputs]])
         row = {**point, "loss": float(res.predict(X)[0])}
         if res.boot_raw is not None:
             boot = fit.predict_many(law, res.boot_raw, X)[:, 0]
             row["ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+        if bt_points and c_max:
+            row.update(backtest.interval(bt_points, row["loss"], point_compute(point, rows) / c_max, row.get("ci")))
         out.append(row)
     return out
 
@@ -91,6 +119,23 @@ def run(law: laws.Law, data: str | Path, columns: dict[str, str] | None = None, 
     """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
     df = load.load(data, columns=columns, filter=filter)
     rows, excluded = load.usable(df)
+    bt = None
+    if predict and not holdout:  # the prediction interval comes from this law's own backtest on these rows
+        from testbed.analysis import backtest
+
+        parse_points(predict, law.inputs)  # a malformed --predict fails before the backtest's fits
+        try:
+            bt = backtest.backtest(rows, (law.name,), bootstrap=bootstrap, seed=seed)
+        except ConfigError as e:  # too few budgets to cut: predictions keep their CI, without an interval
+            bt = {"error": str(e), "laws": {}}
+    return fit_table(law, rows, excluded, df.attrs, data, filter, bootstrap, seed, holdout, predict, bt)
+
+
+def fit_table(law: laws.Law, rows: pd.DataFrame, excluded: dict, attrs: dict, data, filter, bootstrap: int,
+              seed: int, holdout: str | None, predict: str | None, bt: dict | None, extra: tuple[str, ...] = ()
+              ) -> tuple[dict, dict]:
+    """`run` on loaded rows; bt: a backtest (analysis/backtest.py) holding this law, for --predict's intervals;
+    extra: --predict keys allowed beyond the law's inputs (fit auto's points name every candidate's inputs)."""
     fit_rows, held = rows, None
     if holdout:
         mask = tablefits.holdout_mask(rows, holdout)
@@ -105,10 +150,19 @@ def run(law: laws.Law, data: str | Path, columns: dict[str, str] | None = None, 
         "ci": {k: v for k, v in (res.ci or {}).items() if k in res.params or k in res.derived} or None,
         "derived": {**{k: v for k, v in res.derived.items() if k != "k"}, **_derived_at(law, res)},
         "diagnostics": res.diagnostics, "n_points": res.n_points, "excluded": excluded,
-        "data": {"source": str(data), "derived_columns": df.attrs.get("derived", []), "filter": filter},
+        "data": {"source": str(data), "derived_columns": attrs.get("derived", []), "filter": filter},
     }
     if predict:
-        out["predict"] = _predictions(law, res, predict)
+        from testbed.analysis import backtest
+
+        law_bt = (bt or {}).get("laws", {}).get(law.name)
+        out["predict"] = predictions(law, res, parse_points(predict, law.inputs, extra), fit_rows,
+                                     law_bt["points"] if law_bt else None)
+        if law_bt:
+            out["pi_method"] = backtest.PI_METHOD
+            out["backtest"] = {k: v for k, v in law_bt.items() if k != "points"}
+        elif bt is not None and "error" in bt:
+            out["pi_note"] = f"no prediction interval: {bt['error']}"
     if held is not None:
         out["holdout"] = {"expr": holdout, **_holdout_errors(law, res, held)}
         if law.name == "farseer":  # the paper's comparison: Chinchilla fitted to the same points, same held-out set

@@ -40,6 +40,13 @@ def _point(name: str) -> Fit:
     return fit
 
 
+def _auto(data, columns, filter, bootstrap, seed, holdout=None, predict=None, laws=None):
+    """analysis/autofit.py: the point law with the lowest backtest error, with prediction intervals."""
+    from testbed.analysis import autofit
+
+    return autofit.run(data, columns, filter, bootstrap, seed, holdout, predict, laws)
+
+
 def _table(name: str) -> Fit:
     """analysis/tablefits.py's fit_<name>."""
     def fit(*args, **kw):
@@ -81,6 +88,9 @@ ENTRIES = (
          ("N_nonembed", "D", "loss")),
     _law("farseer", "L(N, D) whose data term's coefficient and exponent vary with N (Farseer, Li et al. 2025)",
          ("N", "D", "loss")),
+    Entry("auto", "the point law above with the lowest backtest error at the extrapolation asked for, its "
+          "predictions with intervals from that error (testbed backtest)", ("N", "D", "loss"), _auto, _figure("law"),
+          _text, point=True, holdout=False),
     _fit("isoflop", "Approach 2: parabola vertices per IsoFLOP budget, N_opt(C) and D_opt(C) power laws",
          ("N", "D", "C", "loss"), figure="optima"),
     _fit("envelope", "Approach 1: the lowest loss per compute over the runs' curves, N_opt(C)",
@@ -114,11 +124,16 @@ def _listing(items: list[str]) -> str:
 
 
 def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
-        bootstrap: int = 0, holdout: str | None = None, seed: int = 0, predict: str | None = None
-        ) -> tuple[dict, dict]:
+        bootstrap: int = 0, holdout: str | None = None, seed: int = 0, predict: str | None = None,
+        laws: str | None = None) -> tuple[dict, dict]:
     """`testbed fit LAW DATA`: the fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, ...) and
     the objects its figure needs (`plot`)."""
     entry = get(law_name)
+    if law_name == "auto":
+        out, objs = entry.fit(data, columns, filter, bootstrap, seed, holdout, predict, laws)
+        return out, {**objs, "fit": law_name}
+    if laws:
+        raise ConfigError("--laws: only for fit auto (the laws it chooses from)")
     if not entry.holdout:  # fits through per-budget optima, curves or cells: no points to predict or hold out
         if predict:
             raise ConfigError(f"--predict: only for {_listing([e.name for e in ENTRIES if e.point])}, not {law_name}")

@@ -11,6 +11,12 @@ def format_text(out: dict) -> str:
     """The JSON's headline as a few lines for a terminal."""
     ci = out.get("ci") or {}
     lines = [f"{out['law']}: {out['formula']}  ({out['n_points']} points)"]
+    if out["law"] == "auto":
+        ch = out["choice"]
+        at = f"at ~{ch['factor']:.3g}x extrapolation" if ch["factor"] else "over all cuts"
+        scores = ", ".join(f"{k} {v:.3%}" for k, v in sorted(ch["scores"].items(), key=lambda kv: kv[1]))
+        lines = [f"auto: chose {out['chosen']} (backtest median |error| {at}: {scores})",
+                 f"{out['chosen']}: {out['formula']}  ({out['n_points']} points)"]
     for k, v in out["params"].items():
         lines.append(f"  {k:>8} = {v:.6g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""))
     for k, v in out["derived"].items():
@@ -22,6 +28,15 @@ def format_text(out: dict) -> str:
                  + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
     if "warning" in d:
         lines.append(f"  WARNING: {d['warning']}")
+    for p in out.get("predict") or []:
+        at = ", ".join(f"{k}={p[k]:.4g}" for k in p if k not in ("loss", "ci", "pi", "pi_level", "factor",
+                                                                   "backtest_points"))
+        lines.append(f"  predict {at}: loss {p['loss']:.4f}" + (f"  CI [{p['ci'][0]:.4f}, {p['ci'][1]:.4f}]"
+                                                                  if "ci" in p else "")
+                     + (f"  {p['pi_level']:.0%} PI [{p['pi'][0]:.4f}, {p['pi'][1]:.4f}] at {p['factor']:.3g}x"
+                        if "pi" in p and "pi_level" in p else ""))
+    if "pi_method" in out:
+        lines.append(f"  CI: parameter noise (bootstrap); PI: {out['pi_method']}")
     note = load.describe_exclusions(out["excluded"])
     if note:
         lines.append(f"  {note}")

@@ -21,7 +21,7 @@ def test_every_entry_names_a_fit_and_a_figure_that_exist():
 def test_unknown_law_and_refusals_name_the_choices():
     with pytest.raises(ConfigError, match="LAW: unknown 'chinchila'; choose one of chinchilla, chinchilla-vp"):
         registry.get("chinchila")
-    with pytest.raises(ConfigError, match="--predict: only for chinchilla, chinchilla-vp, kaplan and farseer"):
+    with pytest.raises(ConfigError, match="--predict: only for chinchilla, chinchilla-vp, kaplan, farseer and auto"):
         registry.run("isoflop", "unused.csv", predict="N=1,D=2")
 
 

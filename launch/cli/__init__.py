@@ -12,8 +12,8 @@ from testbed.launch.cli.runs import default_run_dir  # noqa: F401 - the default 
 from testbed.config import ConfigError
 
 # the commands in the order `testbed --help` lists them
-ORDER = ("train", "info", "env", "bench", "train-pack", "fetch-corpus", "sweep", "status", "fit", "compare", "simulate",
-         "plan", "quickstart", "plot", "report", "transfer", "coordcheck", "launch")
+ORDER = ("train", "info", "env", "bench", "train-pack", "fetch-corpus", "sweep", "status", "fit", "backtest", "compare",
+         "simulate", "plan", "quickstart", "plot", "report", "transfer", "coordcheck", "launch")
 COMMANDS = sorted((*runs.COMMANDS, *sweeps.COMMANDS, *fits.COMMANDS), key=lambda c: ORDER.index(c.name))
 
 

@@ -24,8 +24,19 @@ def cmd_fit(args) -> int:
     from testbed.analysis import load
 
     out, objs = registry.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
-                             bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict)
+                             bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict,
+                             laws=args.laws)
     return _emit(args, out, lambda path: registry.plot(objs, out, path), registry.get(args.law).format)
+
+
+def cmd_backtest(args) -> int:
+    from testbed.analysis import backtest, fitplots, load
+
+    rows, excluded = load.usable(load.load(args.data, columns=load.parse_columns(args.columns), filter=args.filter))
+    out = backtest.backtest(rows, backtest.parse_laws(args.laws), by=args.by, bootstrap=args.bootstrap,
+                            seed=args.seed, max_cuts=args.cuts, min_budgets=args.min_budgets, progress=stderr)
+    out = {**out, "excluded": excluded, "data": {"source": args.data, "filter": args.filter}}
+    return _emit(args, out, lambda path: fitplots.plot_backtest(out, path), backtest.format_text)
 
 
 def cmd_compare(args) -> int:
@@ -106,16 +117,33 @@ COMMANDS = (
         arg("law", help=" | ".join(registry.names())),
         DATA,
         arg("--columns", help="map standard names to file columns, e.g. 'N=Model Size,C=Training FLOP,loss=loss'"
-            " (D = C / 6N when only C is given)"),
+            " (D = C / 6N when only C is given; COLUMN*NUMBER rescales, e.g. C=total_gflops*1e9)"),
         arg("--filter", help="keep rows matching a pandas query, e.g. \"loss < 3\" or \"`model.d_model` >= 64\""),
         arg("--bootstrap", type=int, default=0, metavar="K", help="K resamples of the points for CIs"),
         arg("--holdout", help="fit the other rows, predict these (a pandas expression, e.g. \"C > 1e21\")"),
         arg("--seed", type=int, default=0, help="bootstrap seed"),
-        arg("--predict", help="the law's loss at points, e.g. \"N=1e9,D=2e10;N=7e10,D=1.4e12\" (with a CI "
-            "under --bootstrap)"),
+        arg("--predict", help="the law's loss at points, e.g. \"N=1e9,D=2e10;N=7e10,D=1.4e12\": each with a "
+            "prediction interval `pi` from the law's backtest errors, and a CI (parameter noise) under --bootstrap"),
+        arg("--laws", help="fit auto: the laws it chooses from (default: chinchilla,chinchilla-vp,kaplan,farseer)"),
         JSON,
         arg("--plot", help="write the fit figure here (.png, .svg or .pdf)"),
     ), cmd_fit, epilog=LAWS_HELP),
+    Command("backtest", "rolling-origin backtest by compute: fit each law below a cut, predict the runs above "
+            "it; errors vs extrapolation factor, bias, interval coverage", (
+        DATA,
+        arg("--laws", help="comma-separated point laws (default: chinchilla,chinchilla-vp,kaplan,farseer)"),
+        arg("--columns", help="map standard names to file columns, as in testbed fit"),
+        arg("--filter", help="keep rows matching a pandas query, as in testbed fit"),
+        arg("--by", default="C", help="the compute column whose budgets are cut (default C: exact FLOPs, or "
+            "6 N D)"),
+        arg("--cuts", type=int, default=4, help="hold out the 1, 2, ..., CUTS largest budgets (default 4)"),
+        arg("--min-budgets", type=int, default=2, help="budgets every cut leaves to fit (default 2)"),
+        arg("--bootstrap", type=int, default=100, metavar="K", help="resamples per fit for the CIs whose "
+            "coverage is reported (0: none)"),
+        SEED,
+        JSON,
+        arg("--plot", help="write the error-vs-extrapolation figure here (.png, .svg or .pdf)"),
+    ), cmd_backtest),
     Command("compare", "fit one law to two sweeps; differences, L*(C) across compute, crossover", (
         arg("a", help="sweep directory or CSV (recipe A)"),
         arg("b", help="sweep directory or CSV (recipe B)"),
