@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import backtest, load, pointfit, tablefits
+from testbed.analysis import backtest, intervals, load, pointfit, tablefits
 
 from testbed.config import ConfigError
 
@@ -69,7 +69,7 @@ def run(data: str | Path, columns: dict[str, str] | None = None, filter: str | N
 
 
 def evaluate(rows: pd.DataFrame, law_names: tuple[str, ...] = backtest.POINT_LAWS, bootstrap: int = 0,
-             seed: int = 0, outer_cuts: int = 3, level: float = backtest.LEVEL, progress=None) -> dict:
+             seed: int = 0, outer_cuts: int = 3, level: float = intervals.LEVEL, progress=None) -> dict:
     """The procedure scored out of sample: at each outer cut, `auto` sees only the runs below it (its inner backtest
     picks the law and sizes the intervals) and predicts every run above it. Coverage: the share of those runs
     inside their interval."""

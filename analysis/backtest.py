@@ -4,8 +4,8 @@ A law that fits its points well can still miss the next 10x: its form, not the n
 The only evidence of that error a user has is the law's own record on the data at hand. Each cut holds out the
 largest budgets (the largest one, then the two largest, ...), fits every law on the rest and records, per held-out
 run, the relative error and the extrapolation factor C / C_max_fitted. Those errors pick the law (analysis/autofit.py)
-and size its prediction interval (`interval`): the bootstrap CI covers parameter noise, the backtest errors add the
-error of the form at a comparable extrapolation.
+and size its prediction interval (analysis/intervals.py): the bootstrap CI covers parameter noise, the backtest
+errors add the error of the form at a comparable extrapolation.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from testbed.analysis import fit, laws, pointfit
+from testbed.analysis.intervals import LEVEL, interval
 
 from testbed.config import ConfigError
 
@@ -27,18 +28,16 @@ BUDGET_TOL = 0.25  # runs whose compute is within 25% of a budget's smallest run
 # extrapolate: the tolerance doubles until there are at most MAX_BUDGETS budgets
 MAX_BUDGETS = 12
 MAX_CUTS, MIN_BUDGETS = 4, 2  # cuts hold out the 1..MAX_CUTS largest budgets, leaving >= MIN_BUDGETS to fit
-LEVEL = 0.90  # the prediction interval's nominal coverage
 CI_Q = (2.5, 97.5)  # the bootstrap CI (parameter noise), as `testbed fit` reports it
-# the error of a law's form grows with how far it extrapolates: a backtest error at factor f counts as
-# error / scale(f) and is scaled back at the factor asked for (normalized conformal prediction)
 NEAR = 0.5  # backtest points within half a decade of the asked factor are "comparable" (law choice)
 MIN_NEAR = 5  # ... or the MIN_NEAR nearest ones when fewer are that close
 TIE = 0.05  # scores within 5% of the best tie; the law with fewer parameters wins
 
 
-def scale(factor: np.ndarray | float) -> np.ndarray:
-    """How much larger the form's error is at extrapolation factor f than when interpolating: 1 + log10 f."""
-    return 1.0 + np.log10(np.maximum(np.asarray(factor, np.float64), 1.0))
+def pad_size(n: int) -> int:
+    """Rows every cut's fit is padded to (zero weight): one compiled program per law for all cuts, and for tables
+    of similar size (a multiple of 64)."""
+    return -(-n // 64) * 64
 
 
 def point_law(name: str) -> laws.Law:
@@ -135,7 +134,7 @@ def _law_backtest(name: str, rows: pd.DataFrame, cuts: list[Cut], by: str, boots
         X, y = fit_rows[list(law.inputs)].to_numpy(np.float64), fit_rows["loss"].to_numpy(np.float64)
         t0 = time.perf_counter()
         try:
-            res = pointfit.fit_law(law, X, y, bootstrap, seed, pad_to=len(rows))
+            res = pointfit.fit_law(law, X, y, bootstrap, seed, pad_to=pad_size(len(rows)))
         except ConfigError as e:  # e.g. too few points below this cut for the law's parameters
             rec["cuts"].append({"k": cut.k, "C_max_fitted": cut.c_max_fit, "n_fit": len(y), "skipped": str(e)})
             continue
@@ -156,8 +155,9 @@ def summarize(points: list[dict]) -> dict:
     out: dict[str, Any] = {"n_points": len(points), "median_abs_rel_error": float(np.median(np.abs(rel))),
                            "worst_abs_rel_error": float(np.max(np.abs(rel))), "bias": float(np.median(rel)),
                            "factor_range": [float(f.min()), float(f.max())]}
-    if all("in_ci" in p for p in points):
-        out["ci_coverage"] = float(np.mean([p["in_ci"] for p in points]))
+    with_ci = [p["in_ci"] for p in points if "in_ci" in p]
+    if with_ci:  # points whose cut's bootstrap refits all failed have no CI
+        out["ci_coverage"] = float(np.mean(with_ci))
     bins = np.floor(2 * np.log10(np.maximum(f, 1.0))).astype(int)  # half-decade bins: [1, 3.2), [3.2, 10), ...
     out["by_factor"] = [{"factor_range": [float(10 ** (b / 2)), float(10 ** ((b + 1) / 2))],
                          "n": int((bins == b).sum()), "median_abs_rel_error": float(np.median(np.abs(rel[bins == b]))),
@@ -235,33 +235,6 @@ def choose(bt: dict, factor: float | None) -> dict:
     return {"chosen": chosen, "factor": factor, "scores": scores,
             "rule": f"lowest median |relative error| of the backtest at extrapolation factors within {NEAR} decades "
                     f"of the one asked (at least {MIN_NEAR} points); within {TIE:.0%} of the best, fewer parameters"}
-
-
-def _conformal(z: np.ndarray, q: float) -> float:
-    """The ceil((n+1) q)-th smallest of n scores (split-conformal quantile), clipped to the sample's range."""
-    k = min(max(math.ceil((len(z) + 1) * q), 1), len(z))
-    return float(np.sort(z)[k - 1])
-
-
-def interval(points: list[dict], pred: float, factor: float, ci: list[float] | None = None,
-             level: float = LEVEL) -> dict:
-    """The prediction interval at `factor`: the backtest's log errors log(observed / predicted), divided by
-    scale(their factor), their conformal (1-level)/2 and (1+level)/2 quantiles scaled to `factor` around pred;
-    widened to hold the bootstrap CI (parameter noise) and pred itself."""
-    if not points:
-        return {"pi": [float("nan")] * 2, "pi_method": "no backtest errors"}
-    z = np.array([math.log(p["loss"] / p["pred"]) for p in points]) / scale([p["factor"] for p in points])
-    s = float(scale(factor))
-    lo = pred * math.exp(min(_conformal(z, (1 - level) / 2), 0.0) * s)
-    hi = pred * math.exp(max(_conformal(z, (1 + level) / 2), 0.0) * s)
-    if ci is not None and all(np.isfinite(ci)):
-        lo, hi = min(lo, ci[0]), max(hi, ci[1])
-    return {"pi": [float(lo), float(hi)], "pi_level": level, "factor": float(factor), "backtest_points": len(points)}
-
-
-PI_METHOD = ("the bootstrap CI widened by the law's own backtest errors: log(observed/predicted) of every held-out "
-             "run, divided by 1 + log10(its extrapolation factor), their split-conformal quantiles scaled back to "
-             "the factor asked for")
 
 
 def format_text(out: dict) -> str:

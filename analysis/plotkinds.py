@@ -118,6 +118,19 @@ def holdout(fits: Fits, out: Path) -> Section:
                     f"max {h['max_abs_rel_error']:.2%}"])
 
 
+def backtest(fits: Fits, out: Path) -> Section:
+    from testbed.analysis import backtest, fitplots
+
+    rows, _ = load.usable(load.load(fits.data, columns=fits.columns, filter=fits.filter))
+    bt = backtest.backtest(rows, bootstrap=min(fits.bootstrap, 100), seed=fits.seed)
+    path = _fig_path(out, "backtest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fitplots.plot_backtest(bt, path)
+    table = {**bt, "laws": {n: {k: v for k, v in r.items() if k != "points"} for n, r in bt["laws"].items()}}
+    return Section("backtest", "Each law's out-of-sample error vs extrapolation (rolling-origin backtest)", path,
+                   table, backtest.format_text(bt).splitlines())
+
+
 def _via_fit(kind: str, law: str, title: str, note: str = "") -> Callable[[Fits, Path], Section]:
     """A kind whose figure is `testbed fit LAW --plot`."""
     def draw(fits: Fits, out: Path) -> Section:
@@ -183,6 +196,8 @@ KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
                 contour),
     "holdout": ("predicted vs observed loss on held-out runs (--holdout, default: the largest-compute fifth)",
                 holdout),
+    "backtest": ("each law's error on runs above a compute cut vs the extrapolation factor, with interval coverage",
+                 backtest),
     "transfer": ("loss vs log2 LR per width, one panel per parametrization (muP paper Fig. 1)", transfer),
     "schedules": ("loss curves under several LR schedules with the fitted annealing law, and the LR",
                   _via_fit("schedules", "annealing", "LR schedules and the annealing law")),

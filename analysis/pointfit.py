@@ -3,12 +3,13 @@ rows -> fit (+ bootstrap) -> derived allocations, --predict points and the --hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from testbed.analysis import fit, laws, load, tablefits
+from testbed.analysis import fit, intervals, laws, load, tablefits
 
 from testbed.config import ConfigError
 
@@ -97,8 +98,6 @@ def predictions(law: laws.Law, res: fit.FitResult, points: list[dict[str, float]
                 bt_points: list[dict] | None) -> list[dict]:
     """The law's loss at each point, its bootstrap CI (parameter noise) and, from the law's backtest errors on
     these rows, the prediction interval at the point's extrapolation factor (analysis/backtest.py)."""
-    from testbed.analysis import backtest
-
     out = []
     c_max = float(rows["C"].max()) if "C" in rows.columns else None
     for point in points:
@@ -108,24 +107,23 @@ def predictions(law: laws.Law, res: fit.FitResult, points: list[dict[str, float]
             boot = fit.predict_many(law, res.boot_raw, X)[:, 0]
             row["ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
         if bt_points and c_max:
-            row.update(backtest.interval(bt_points, row["loss"], point_compute(point, rows) / c_max, row.get("ci")))
+            row.update(intervals.interval(bt_points, row["loss"], point_compute(point, rows) / c_max, row.get("ci")))
         out.append(row)
     return out
 
 
 def run(law: laws.Law, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
-        bootstrap: int = 0, seed: int = 0, holdout: str | None = None, predict: str | None = None
-        ) -> tuple[dict, dict]:
-    """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot."""
+        bootstrap: int = 0, seed: int = 0, holdout: str | None = None, predict: str | None = None,
+        backtest: Callable[[pd.DataFrame], dict] | None = None) -> tuple[dict, dict]:
+    """The fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, holdout) and objects to plot;
+    backtest(rows): the law's backtest on the usable rows (analysis/backtest.py), for --predict's intervals."""
     df = load.load(data, columns=columns, filter=filter)
     rows, excluded = load.usable(df)
     bt = None
-    if predict and not holdout:  # the prediction interval comes from this law's own backtest on these rows
-        from testbed.analysis import backtest
-
+    if predict and not holdout and backtest is not None:
         parse_points(predict, law.inputs)  # a malformed --predict fails before the backtest's fits
         try:
-            bt = backtest.backtest(rows, (law.name,), bootstrap=bootstrap, seed=seed)
+            bt = backtest(rows)
         except ConfigError as e:  # too few budgets to cut: predictions keep their CI, without an interval
             bt = {"error": str(e), "laws": {}}
     return fit_table(law, rows, excluded, df.attrs, data, filter, bootstrap, seed, holdout, predict, bt)
@@ -153,13 +151,11 @@ def fit_table(law: laws.Law, rows: pd.DataFrame, excluded: dict, attrs: dict, da
         "data": {"source": str(data), "derived_columns": attrs.get("derived", []), "filter": filter},
     }
     if predict:
-        from testbed.analysis import backtest
-
         law_bt = (bt or {}).get("laws", {}).get(law.name)
         out["predict"] = predictions(law, res, parse_points(predict, law.inputs, extra), fit_rows,
                                      law_bt["points"] if law_bt else None)
         if law_bt:
-            out["pi_method"] = backtest.PI_METHOD
+            out["pi_method"] = intervals.PI_METHOD
             out["backtest"] = {k: v for k, v in law_bt.items() if k != "points"}
         elif bt is not None and "error" in bt:
             out["pi_note"] = f"no prediction interval: {bt['error']}"

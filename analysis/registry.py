@@ -30,13 +30,16 @@ class Entry:
 
 
 def _point(name: str) -> Fit:
-    """A Law through analysis/pointfit.py (chinchilla and kaplan in analysis/laws.py, chinchilla-vp, farseer)."""
+    """A Law through analysis/pointfit.py (chinchilla and kaplan in analysis/laws.py, chinchilla-vp, farseer);
+    --predict's intervals from the law's backtest (analysis/backtest.py)."""
     def fit(data, columns, filter, bootstrap, seed, holdout=None, predict=None):
-        from testbed.analysis import farseer, laws, pointfit, vp
+        from testbed.analysis import backtest, pointfit
 
-        law = {**laws.LAWS, vp.LAW.name: vp.LAW, farseer.LAW.name: farseer.LAW}[name]
-        return pointfit.run(law, data, columns=columns, filter=filter, bootstrap=bootstrap, seed=seed,
-                            holdout=holdout, predict=predict)
+        def law_backtest(rows):  # --predict's intervals: from this law's own errors on these rows
+            return backtest.backtest(rows, (name,), bootstrap=bootstrap, seed=seed)
+
+        return pointfit.run(backtest.point_law(name), data, columns=columns, filter=filter, bootstrap=bootstrap,
+                            seed=seed, holdout=holdout, predict=predict, backtest=law_backtest)
     return fit
 
 

@@ -124,9 +124,10 @@ def _default_workers(size: str) -> int:
     return 1 if size == "gpu" else min(2, os.cpu_count() or 1)
 
 
-def _pick_holdout(size: str, out: Path, res, budget: float) -> tuple[int, dict]:
-    """The ladder width with the lowest predicted loss at `budget` under the fitted law, with that prediction
-    (and its bootstrap CI): the prediction is made before the run is trained."""
+def _pick_holdout(size: str, out: Path, res, budget: float, bt: dict | None) -> tuple[int, dict]:
+    """The ladder width with the lowest predicted loss at `budget` under the fitted law, with that prediction,
+    its bootstrap CI and its 90% prediction interval (the law's backtest errors on the sweep, `bt`): the prediction
+    is made before the run is trained."""
     import numpy as np
     from testbed.analysis import fit
     from testbed.launch import sweep
@@ -155,7 +156,34 @@ def _pick_holdout(size: str, out: Path, res, budget: float) -> tuple[int, dict]:
     if res.boot_raw is not None:
         boot = fit.predict_many(res.law, res.boot_raw, X[i:i + 1])[:, 0]
         p["predicted_ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    if bt and "chinchilla" in bt["laws"]:
+        from testbed.analysis import intervals
+
+        factor = budget / bt["C_max"]
+        pi = intervals.interval(bt["laws"]["chinchilla"]["points"], p["predicted_loss"], factor, p.get("predicted_ci"))
+        p.update(predicted_pi=pi["pi"], pi_level=pi["pi_level"], extrapolation_factor=factor,
+                 pi_method=intervals.PI_METHOD, backtest_cuts=len(bt["cuts"]))
     return width, p
+
+
+def _intervals(pred: dict) -> str:
+    """ CI [lo, hi] 90% PI [lo, hi], for what the prediction has."""
+    return "".join(f" {name} [{pred[key][0]:.4f}, {pred[key][1]:.4f}]" for name, key in
+                   (("CI", "predicted_ci"), (f"{pred.get('pi_level', 0):.0%} PI", "predicted_pi")) if key in pred)
+
+
+def _backtest(sweep_dir: Path, boot: int, log: Log) -> dict | None:
+    """Chinchilla's rolling-origin backtest on the sweep (the errors that size the held-out run's interval); None
+    when the sweep has too few budgets to cut."""
+    from testbed.analysis import backtest, load
+
+    rows = load.usable(load.load(sweep_dir))[0]
+    try:
+        bt = backtest.backtest(rows, ("chinchilla",), bootstrap=boot, progress=log)
+    except ConfigError as e:
+        log(f"no prediction interval: {e}")
+        return None
+    return {**bt, "C_max": float(rows["C"].max())}
 
 
 def _finished(out: Path, ids: list[str], summary_path: Path) -> dict | None:
@@ -208,11 +236,12 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     res = objs["result"]
     phases["fit_s"] = time.perf_counter() - t0
 
+    bt = _backtest(out / "sweep", boot, log)
+    phases["fit_s"] = time.perf_counter() - t0
     budget = SIZES[size]["budgets"][-1] * SIZES[size]["holdout_factor"]
-    width, pred = _pick_holdout(size, out, res, budget)
+    width, pred = _pick_holdout(size, out, res, budget, bt)
     log(f"held-out run: C = {budget:.3g} FLOPs, width {width} (lowest predicted loss); predicted loss "
-        f"{pred['predicted_loss']:.4f}" + (f" [{pred['predicted_ci'][0]:.4f}, {pred['predicted_ci'][1]:.4f}]"
-                                          if "predicted_ci" in pred else "") + " before training it")
+        f"{pred['predicted_loss']:.4f}{_intervals(pred)} before training it")
     _write_spec(holdout_path, sweep_spec(size, budgets=[budget], widths=[width]))
     t0 = time.perf_counter()
     _train(holdout_path, out / "holdout", 1, log)  # one run: one process with every core
@@ -223,6 +252,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     pred.update(observed_loss=observed, rel_error=pred["predicted_loss"] / observed - 1, run_ids=hold_ids,
                 N_observed=float(held["N"].iloc[0]), D_observed=float(held["D"].iloc[0]))
     pred["inside_ci"] = bool("predicted_ci" in pred and pred["predicted_ci"][0] <= observed <= pred["predicted_ci"][1])
+    pred["inside_pi"] = bool("predicted_pi" in pred and pred["predicted_pi"][0] <= observed <= pred["predicted_pi"][1])
 
     t0 = time.perf_counter()
     from testbed.analysis import html
@@ -296,8 +326,12 @@ def format_summary(s: dict) -> str:
         f"D_opt = {n['D_opt']:,.0f} tokens ({n['tokens_per_param']:.1f} tokens/param)",
         f"Held-out run (trained after the fit): width {h['width']}, N = {h['N']:,.0f}, D = {h['D']:,.0f}, "
         f"C = {h['C']:.3g}",
-        f"  predicted {h['predicted_loss']:.4f}{_ci(h.get('predicted_ci'))}, observed {h['observed_loss']:.4f}: "
-        f"error {h['rel_error']:+.2%}" + (" (inside the CI)" if h.get("inside_ci") else ""),
+        f"  predicted {h['predicted_loss']:.4f}{_ci(h.get('predicted_ci'))} (CI: parameter noise)"
+        + (f", {h['pi_level']:.0%} prediction interval{_ci(h['predicted_pi'])} (with the law's backtest errors)"
+           if "predicted_pi" in h else ""),
+        f"  observed {h['observed_loss']:.4f}: error {h['rel_error']:+.2%}"
+        + (" (inside the CI)" if h.get("inside_ci") else " (outside the CI)")
+        + ((" and inside the PI" if h.get("inside_pi") else " and outside the PI") if "predicted_pi" in h else ""),
     ]
     warn = (s["chinchilla"]["diagnostics"] or {}).get("warning")
     if warn:

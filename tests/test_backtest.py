@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from testbed.analysis import autofit, backtest, load, report
+from testbed.analysis import autofit, backtest, intervals, load, report
 from testbed.launch.cli import main
 
 from testbed.config import ConfigError
@@ -59,15 +59,15 @@ def test_interval_scales_with_the_extrapolation_and_holds_the_ci():
     # backtest errors: the law over-predicts by ~1% at 3x and ~2% at 30x (log errors scale with 1 + log10 f)
     pts = [{"loss": 1.0, "pred": 1.0 * math.exp(0.01 * s * (1 + math.log10(f))), "factor": f, "cut": 1}
            for f in (3.0, 30.0) for s in np.linspace(0.5, 1.5, 10)]
-    near = backtest.interval(pts, 2.0, 3.0)
-    far = backtest.interval(pts, 2.0, 100.0)
+    near = intervals.interval(pts, 2.0, 3.0)
+    far = intervals.interval(pts, 2.0, 100.0)
     assert near["pi"][0] < near["pi"][1] == 2.0  # only over-prediction seen: the interval lies below, holds pred
     assert (2.0 - far["pi"][0]) > 1.5 * (2.0 - near["pi"][0])  # 3 / 1.48 as far: wider
     z = [math.log(p["loss"] / p["pred"]) / (1 + math.log10(p["factor"])) for p in pts]
-    q = backtest._conformal(np.array(z), 0.05)  # ceil(21 * 0.05) = 2nd smallest of 20
+    q = intervals.conformal(np.array(z), 0.05)  # ceil(21 * 0.05) = 2nd smallest of 20
     assert q == sorted(z)[1]
     assert near["pi"][0] == pytest.approx(2.0 * math.exp(q * (1 + math.log10(3.0))))
-    wide_ci = backtest.interval(pts, 2.0, 3.0, ci=[1.5, 2.5])
+    wide_ci = intervals.interval(pts, 2.0, 3.0, ci=[1.5, 2.5])
     assert wide_ci["pi"] == [1.5, 2.5]
 
 

@@ -63,7 +63,7 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
     r = cli("report", str(sweep), "--out", str(out), "--bootstrap", "50", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert {"curves", "compute", "isoflop", "envelope", "contour", "holdout"} <= set(res["drawn"]), res
+    assert {"curves", "compute", "isoflop", "envelope", "contour", "holdout", "backtest"} <= set(res["drawn"]), res
     assert {"transfer", "critbatch", "landscape"} <= set(res["skipped"])  # no LR grid, no batch sweep: said why
     assert all(res["skipped"][k] for k in res["skipped"])
     assert any("1 diverged" in w for w in res["warnings"]), res["warnings"]
@@ -81,6 +81,10 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
     assert fit["params"]["alpha"] == pytest.approx(TRUE["alpha"], abs=0.08)
     assert f"{fit['params']['alpha']:.4g}" in page and "95% CI" in page and "1 diverged" in page
     assert report["sections"]["holdout"]["fit"]["holdout"]["mean_abs_rel_error"] < 0.02
+    # the backtest: 3 budgets, one cut (the largest budget's 5 runs predicted); Farseer needs 12 points to fit
+    bt = report["sections"]["backtest"]["fit"]
+    assert bt["laws"]["chinchilla"]["n_points"] == 5 and bt["laws"]["chinchilla"]["median_abs_rel_error"] < 0.02
+    assert "12" in bt["skipped"]["farseer"]
     # the run table lists every run with its status, and the varying config axis
     assert page.count("<tr>") >= 16 + 1 and "diverged" in page and "model.d_model" in page
     # a second report into the same directory replaces it whole

@@ -183,8 +183,8 @@ COMMANDS = (
         JSON,
     ), cmd_simulate),
     Command("plot", "one paper-style figure from a sweep directory or a published table", (
-        arg("kind", help="curves | compute | isoflop | envelope | contour | holdout | transfer | schedules | "
-            "landscape | critbatch | overtrain | downstream"),
+        arg("kind", help="curves | compute | isoflop | envelope | contour | holdout | backtest | transfer | "
+            "schedules | landscape | critbatch | overtrain | downstream"),
         DATA,
         arg("--out", help="figure path (.png, .svg or .pdf; default KIND.png)"),
         arg("--columns", help="column mapping for tables, as in testbed fit"),
