@@ -83,8 +83,9 @@ def evaluate(rows: pd.DataFrame, law_names: tuple[str, ...] = backtest.POINT_LAW
         keys = [k for k in EXTRA if k in held.columns and held[k].notna().all()]
         spec = ";".join(",".join(f"{k}={v!r}" for k, v in zip(keys, vals, strict=True))
                         for vals in held[keys].itertuples(index=False))
-        out, _ = auto_rows(inner, {}, {}, "", None, bootstrap, seed, spec, law_names, progress)
-        rec: dict[str, Any] = {"k": cut.k, "C_max_fitted": cut.c_max_fit, "chosen": out["chosen"], "points": []}
+        out, objs = auto_rows(inner, {}, {}, "", None, bootstrap, seed, spec, law_names, progress)
+        rec: dict[str, Any] = {"k": cut.k, "C_max_fitted": cut.c_max_fit, "chosen": out["chosen"], "points": [],
+                               "inner_points": objs["backtest"]["laws"][out["chosen"]]["points"]}
         for p, obs, cc in zip(out["predict"], held["loss"], held["C"], strict=True):
             lo, hi = p.get("pi", [np.nan, np.nan])
             rel = p["loss"] / obs - 1

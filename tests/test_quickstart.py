@@ -22,6 +22,11 @@ def test_quickstart_tiny_end_to_end_then_resumes_in_seconds(tmp_path, cli):
     assert h["C"] > max(s["budgets"]) and h["observed_loss"] > 0 and abs(h["rel_error"]) < 0.05
     assert h["predicted_loss"] == min(c["predicted_loss"] for c in h["candidates"])
     assert h["N"] == pytest.approx(h["N_observed"]) and h["D"] == pytest.approx(h["D_observed"])
+    # its 90% prediction interval (Chinchilla's backtest errors on the sweep) holds the bootstrap CI
+    lo, hi = h["predicted_pi"]
+    assert lo <= min(h["predicted_ci"][0], h["predicted_loss"]) <= max(h["predicted_ci"][1], h["predicted_loss"]) <= hi
+    assert h["backtest_cuts"] >= 1
+    assert h["inside_pi"] == (lo <= h["observed_loss"] <= hi) and h["extrapolation_factor"] > 1
     assert s["data_entropy"] > 0 and s["chinchilla"]["params"]["E"] > 0
     page = (out / "report" / "index.html").read_text()
     assert "Held-out run" in page and (out / "report" / "figures" / "isoflop.png").is_file()
