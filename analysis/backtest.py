@@ -116,9 +116,10 @@ def _points(law: laws.Law, res: fit.FitResult, held: pd.DataFrame, by: str, c_ma
         ci = np.nanpercentile(boot, CI_Q, axis=0).T
     out = []
     for i, (x, obs, p) in enumerate(zip(X, held["loss"].to_numpy(float), pred, strict=True)):
+        ok = bool(np.isfinite(p) and p > 0)  # a fit gone astray (NaN, inf): an infinite error, not a crash
         row = {"cut": k, **{col: float(v) for col, v in zip(law.inputs, x, strict=True)},
                "C": float(held[by].iloc[i]), "factor": float(held[by].iloc[i] / c_max), "loss": float(obs),
-               "pred": float(p), "rel_error": float(p / obs - 1)}
+               "pred": float(p), "rel_error": float(p / obs - 1) if ok else float("inf")}
         if ci is not None:
             row["ci"] = [float(ci[i, 0]), float(ci[i, 1])]
             row["in_ci"] = bool(ci[i, 0] <= obs <= ci[i, 1])

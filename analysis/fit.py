@@ -50,7 +50,7 @@ class FitResult:
 
 def predict(law: Law, raw: dict[str, float], X: np.ndarray) -> np.ndarray:
     """L at the rows of X (columns = law.inputs)."""
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), np.errstate(over="ignore"):  # a law gone astray far out predicts inf: said by callers
         theta = jnp.asarray([raw[k] for k in law.raw], jnp.float64)
         return np.exp(np.asarray(law.log_predict(theta, jnp.asarray(X, jnp.float64))))
 

@@ -163,6 +163,10 @@ def plot_backtest(out: dict, path: str | Path) -> None:
                 label=f"{name} (median {rec['median_abs_rel_error']:.2%})")
     ax.set(xscale="log", yscale="log", xlabel="extrapolation factor C / C_max fitted",
            ylabel="|relative error| of the predicted loss", title=f"backtest: {len(out['cuts'])} cuts by {out['by']}")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
     fig.tight_layout()
     plots.save(fig, path)

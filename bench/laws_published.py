@@ -24,7 +24,7 @@ from testbed.analysis import autofit, backtest, load
 from testbed.runstore import dumps
 
 MARIN = "N=parameter_count,D=throughput/total_tokens,loss=eval/paloma/macro_loss,C=throughput/total_gflops*1e9"
-# name -> (file under DIR, --columns, --filter); Li et al.'s runs are reduced to the best LR per (N, D) first
+# name -> (file under DIR, --columns, --filter)
 SETS = {
     "epoch": ("epoch_chinchilla/svg_extracted_data.csv", "N=Model Size,C=Training FLOP,loss=loss", None),
     "llama3": ("llama3_isoflops/isoflops_points.csv", "C=compute_budget,D=training_tokens,loss=validation_loss", None),
@@ -37,16 +37,21 @@ SETS = {
     "gadre-rpj": ("mlfoundations_scaling/models_flat.csv", "loss=loss_c4_val,N_nonembed=N_no_embed",
                   "dataset == 'rpj'"),
     "misfitting": ("misfitting_li2025/scaling_results_last_ckpt_only.csv", "N_nonembed=N_no_emb", None),
+    "steplaw": ("steplaw/dense_lr_bs_loss.csv", "", None),
+    "muennighoff": ("sldbench_secondary/data_constrained_muennighoff.csv", "N=params,D=tokens", None),
 }
+# runs at several LRs (and batch sizes) per (N, D): each (N, D)'s best, as a tuned sweep would give
+BEST_OF = {"misfitting": "misfitting_best_lr.csv", "steplaw": "steplaw_best_lr_bs.csv"}
 
 
 def rows_of(data: Path, name: str) -> pd.DataFrame:
     path, columns, filter = SETS[name]
     src = data / path
-    if name == "misfitting":  # runs at five peak LRs per (N, D): keep each (N, D)'s best, as a tuned sweep would
+    if name in BEST_OF:
         df = pd.read_csv(src)
+        df[["N", "D"]] = df[["N", "D"]].astype(float)  # int64 products overflow
         best = df.loc[df.groupby(["N", "D"])["loss"].idxmin()]
-        src = Path(tempfile.mkdtemp()) / "misfitting_best_lr.csv"
+        src = Path(tempfile.mkdtemp()) / BEST_OF[name]
         best.to_csv(src, index=False)
     return load.usable(load.load(src, columns=load.parse_columns(columns), filter=filter))[0]
 
