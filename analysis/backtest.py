@@ -34,12 +34,6 @@ MIN_NEAR = 5  # ... or the MIN_NEAR nearest ones when fewer are that close
 TIE = 0.05  # scores within 5% of the best tie; the law with fewer parameters wins
 
 
-def pad_size(n: int) -> int:
-    """Rows every cut's fit is padded to (zero weight): one compiled program per law for all cuts, and for tables
-    of similar size (a multiple of 64)."""
-    return -(-n // 64) * 64
-
-
 def point_law(name: str) -> laws.Law:
     """The Law object of a point law's name (the fit registry's chinchilla, chinchilla-vp, kaplan, farseer)."""
     from testbed.analysis import farseer, vp
@@ -135,7 +129,7 @@ def _law_backtest(name: str, rows: pd.DataFrame, cuts: list[Cut], by: str, boots
         X, y = fit_rows[list(law.inputs)].to_numpy(np.float64), fit_rows["loss"].to_numpy(np.float64)
         t0 = time.perf_counter()
         try:
-            res = pointfit.fit_law(law, X, y, bootstrap, seed, pad_to=pad_size(len(rows)))
+            res = pointfit.fit_law(law, X, y, bootstrap, seed, pad_to=fit.pad_size(len(rows)))
         except ConfigError as e:  # e.g. too few points below this cut for the law's parameters
             rec["cuts"].append({"k": cut.k, "C_max_fitted": cut.c_max_fit, "n_fit": len(y), "skipped": str(e)})
             continue

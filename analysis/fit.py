@@ -62,6 +62,12 @@ def predict_many(law: Law, thetas: np.ndarray, X: np.ndarray) -> np.ndarray:
         return np.exp(np.asarray(f(jnp.asarray(thetas, jnp.float64), jnp.asarray(X, jnp.float64))))
 
 
+def pad_size(n: int) -> int:
+    """Rows a fit of n points is padded to (zero weight, `fit`'s pad_to): one compiled program serves every table of
+    similar size (a backtest's cuts, then the final fit)."""
+    return -(-n // 64) * 64
+
+
 _SOLVERS: dict[tuple, Callable] = {}
 _MEMO: dict[tuple, FitResult] = {}  # recent grid fits without bootstrap, by law and data (oldest dropped first)
 MEMO_SIZE = 32

@@ -140,7 +140,7 @@ def fit_table(law: laws.Law, rows: pd.DataFrame, excluded: dict, attrs: dict, da
         fit_rows, held = rows[~mask].reset_index(drop=True), rows[mask].reset_index(drop=True)
     X, y = _xy(law, fit_rows)
     try:
-        res = fit_law(law, X, y, bootstrap, seed)
+        res = fit_law(law, X, y, bootstrap, seed, pad_to=fit.pad_size(len(y)))
     except ConfigError as e:
         raise tablefits.noting(e, excluded) from None
     out: dict[str, Any] = {
