@@ -69,7 +69,7 @@ def run(data: str | Path, columns: dict[str, str] | None = None, filter: str | N
 
 
 def evaluate(rows: pd.DataFrame, law_names: tuple[str, ...] = backtest.POINT_LAWS, bootstrap: int = 0,
-             seed: int = 0, outer_cuts: int = 3, level: float = intervals.LEVEL, progress=None) -> dict:
+             seed: int = 0, outer_cuts: int = 3, progress=None) -> dict:
     """The procedure scored out of sample: at each outer cut, `auto` sees only the runs below it (its inner backtest
     picks the law and sizes the intervals) and predicts every run above it. Coverage: the share of those runs
     inside their interval."""
@@ -95,5 +95,5 @@ def evaluate(rows: pd.DataFrame, law_names: tuple[str, ...] = backtest.POINT_LAW
             hits.append(lo <= obs <= hi)
             errs.append(abs(rel))
         per_cut.append(rec)
-    return {"level": level, "cuts": per_cut, "n_points": len(hits), "pi_coverage": float(np.mean(hits)),
+    return {"level": intervals.LEVEL, "cuts": per_cut, "n_points": len(hits), "pi_coverage": float(np.mean(hits)),
             "median_abs_rel_error": float(np.median(errs)), "worst_abs_rel_error": float(np.max(errs))}
