@@ -68,7 +68,7 @@ def data_exponent(params: dict[str, float], N: np.ndarray | float) -> np.ndarray
 
 def starts(X: np.ndarray, y: np.ndarray, pad_to: int | None = None) -> np.ndarray:
     """[S, 9] raw starts: the Chinchilla fit mapped onto Farseer, with the N-dependences spread around it."""
-    q = fit.fit(laws.CHINCHILLA, X, y, pad_to=pad_to).params
+    q = fit.fit(laws.CHINCHILLA, X, y, pad_to=pad_to).params  # pad_to None: fit's default padding
     n_ref = float(np.exp(np.median(np.log(X[:, 0] / N_UNIT))))
     rows = []
     for a1, al, a2, be, gs in itertools.product(*SPREAD.values()):

@@ -151,9 +151,11 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
         pad_to: int | None = None) -> FitResult:
     """The best of every start of law's grid; with bootstrap > 0, percentile CIs from refits on resampled points.
     pad_to: append zero-weight copies of the first point up to this many rows, so fits of growing data (a
-    progressive plan's rounds) reuse one compiled program instead of compiling per size (~10 s each)."""
+    progressive plan's rounds) reuse one compiled program instead of compiling per size (~10 s each; Farseer ~25 s);
+    None pads to pad_size(n), so fits of 1-64 points share one program, 65-128 the next (0: no padding)."""
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
     check_points(law, X, y)
+    pad_to = pad_size(len(y)) if pad_to is None else pad_to
     key = None
     if bootstrap == 0 and starts is None:  # deterministic: a backtest's Farseer starts refit Chinchilla's cuts
         key = (law.name, X.tobytes(), y.tobytes(), polish_iters, pad_to)

@@ -18,14 +18,38 @@ def testbed_cmd(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, **kw)
 
 
+CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+
+def pytest_configure(config):
+    """One persistent JAX compilation cache for the whole session (keyed by program, jax version and flags), set in
+    the environment before any worker starts: xdist workers, in-process JAX and every subprocess share it, so a
+    program (a tiny model's step, a Farseer solver: ~25 s to compile) is compiled once per session, not per process.
+    Not pytest's cache dir (CI runs with -p no:cacheprovider); never the user's ~/.cache/testbed/jax."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("TESTBED_TEST_JAX_CACHE_OWNER"):
+        return  # a worker: the controller set it up
+    import tempfile
+
+    os.environ.update({"TESTBED_TEST_JAX_CACHE_OWNER": str(os.getpid()),
+                       "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="testbed-jax-cache-"),
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    config._testbed_jax_cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    path = getattr(config, "_testbed_jax_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def compilation_cache(tmp_path_factory) -> dict:
-    """One persistent JAX compilation cache for the session (keyed by program, jax version and flags), so the
-    same programs (a tiny model's step, a law's fit) compiled again in later subprocesses are disk reads.
-    (Not pytest's cache dir: CI runs with -p no:cacheprovider.)"""
-    cache = tmp_path_factory.mktemp("jax_compilation_cache")
-    return {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def compilation_cache() -> dict:
+    """The session's compilation cache settings (see pytest_configure), for subprocesses given their own env."""
+    return {k: os.environ[k] for k in CACHE_ENV}
 
 
 @pytest.fixture

@@ -20,7 +20,18 @@ from .conftest import ROOT
 
 T, WARMUP, PEAK = 2000, 100, 1e-3
 TRUE = {"L0": 2.0, "A": 0.6, "alpha": 0.5, "C": 0.4}
-REAL_RUNS = Path(os.environ.get("TESTBED_ANNEALING_RUNS", ROOT / "runs" / "transfer_markov"))
+# a sweep with two seeds of one decaying-LR run (e.g. configs/transfer_lr_markov.yaml); by default the test trains one
+REAL_RUNS = os.environ.get("TESTBED_ANNEALING_RUNS")
+# configs/transfer_lr_markov.yaml's recipe at its base width (muP, width 32, WSD with a linear cooldown), two seeds
+MARKOV_SWEEP = {
+    "base": "tiny.yaml",
+    "set": {"model.vocab_size": 128, "data.n_skills": 64, "model.d_model": 32, "model.n_heads": 2,
+            "param.name": "mup", "param.base_width": 32, "train.steps": 300, "train.eval_every": 300,
+            "train.checkpoint_every": 300, "optim.lr": 2.0 ** -6, "optim.warmup_steps": 30, "optim.schedule": "wsd",
+            "optim.cooldown_frac": 0.3, "optim.cooldown_shape": "linear", "optim.final_lr_frac": 0.0,
+            "optim.grad_clip": None, "model.zero_init_readout": True},
+    "grid": {"seed": [0, 1]},
+}
 
 
 def areas_loop(lr, lam, warmup_steps=0):
@@ -166,21 +177,38 @@ def _seed_pair(sweep: Path) -> tuple[str, str] | None:
     return pairs[len(pairs) // 2] if pairs else None
 
 
-def test_real_runs_fit_one_seed_predict_the_other():
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory) -> Path:
+    """TESTBED_ANNEALING_RUNS when set, else two seeds of configs/transfer_lr_markov.yaml's base-width run, trained
+    here (2 x 300 steps of a width-32 model: ~20 s on 2 cores)."""
+    if REAL_RUNS:
+        if not (Path(REAL_RUNS) / "manifest.json").is_file():
+            pytest.fail(f"TESTBED_ANNEALING_RUNS={REAL_RUNS} is not a testbed sweep directory (no manifest.json)")
+        return Path(REAL_RUNS)
+    import shutil
+
+    import yaml
+    from testbed.launch import sweep
+
+    tmp = tmp_path_factory.mktemp("annealing_runs")
+    shutil.copy(ROOT / "configs" / "tiny.yaml", tmp / "tiny.yaml")
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump(MARKOV_SWEEP, sort_keys=False))
+    out = sweep.run_sweep(tmp / "sweep.yaml", tmp / "runs", workers=2, log=lambda _: None)
+    assert out["ok"], out
+    return tmp / "runs"
+
+
+def test_real_runs_fit_one_seed_predict_the_other(real_runs):
     """Per-step train loss of a small-batch run is noisy (~10% here), so the curves are smoothed (centred
-    31-step mean) before fitting; the law fitted on seed A's curve predicts seed B's. On a short curve (300 steps
-    in runs/transfer_markov) L0, A and alpha trade off along a flat valley (alpha -> 0, L0 < 0), so the fit may
-    report converged=False and L0 at_bound; the test holds the predictions to 3%, not the parameters."""
-    if not (REAL_RUNS / "manifest.json").is_file():
-        pytest.skip(f"no testbed sweep at {REAL_RUNS} (set TESTBED_ANNEALING_RUNS)")
+    31-step mean) before fitting; the law fitted on seed A's curve predicts seed B's. On a short curve (300 steps)
+    L0, A and alpha trade off along a flat valley (alpha -> 0, L0 < 0), so the fit may report converged=False and
+    L0 at_bound; the test holds the predictions to 3%, not the parameters."""
     from testbed.analysis import load as LD
 
-    pair = _seed_pair(REAL_RUNS)
-    if pair is None:
-        pytest.skip(f"{REAL_RUNS}: no two completed runs that differ only in seed")
-    df = LD.curves(REAL_RUNS).query("run_id in @pair").sort_values(["run_id", "step"])
-    if np.ptp(df["lr"].dropna()) <= 0:
-        pytest.skip("the runs' LR never changes; the annealing law needs a decay")
+    pair = _seed_pair(real_runs)
+    assert pair is not None, f"{real_runs}: no two completed runs that differ only in seed"
+    df = LD.curves(real_runs).query("run_id in @pair").sort_values(["run_id", "step"])
+    assert np.ptp(df["lr"].dropna()) > 0, "the runs' LR never changes; the annealing law needs a decay"
     df["train_loss"] = df.groupby("run_id")["train_loss"].transform(
         lambda s: s.rolling(31, center=True, min_periods=31).mean())
     warm = int(pd.to_numeric(df.get("optim.warmup_steps", pd.Series([0]))).fillna(0).max())

@@ -149,7 +149,8 @@ def test_workers_on_shared_gpus_never_overlap(tmp_path, monkeypatch):
     assert all(s[3] <= mesh[2] or s[2] >= mesh[3] for s in spans if s is not mesh)  # never at once
 
 
-def test_pretend_gpus_train_a_real_sweep_and_share_a_compilation_cache(tmp_path):
+def test_pretend_gpus_train_a_real_sweep_and_share_a_compilation_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # the sweep's own cache, not the test session's
     spec = write_sweep(tmp_path, set=TINY, grid={"seed": [0, 1]})
     out = tmp_path / "out"
     logs = []

@@ -9,11 +9,16 @@ from testbed.analysis import registry
 from testbed.launch.cli import fits, runs, sweeps
 from testbed.launch.cli.runs import default_run_dir  # noqa: F401 - the default `testbed train` directory
 
+from testbed import compile_cache
 from testbed.config import ConfigError
 
 # the commands in the order `testbed --help` lists them
 ORDER = ("train", "info", "env", "bench", "train-pack", "fetch-corpus", "sweep", "status", "fit", "backtest", "compare",
          "simulate", "plan", "quickstart", "plot", "report", "transfer", "coordcheck", "launch")
+# commands that compile programs in this process (fits, training) use the persistent compilation cache (`bench` does
+# not: it measures compile time)
+COMPILING = ("train", "train-pack", "fit", "backtest", "compare", "simulate", "plan", "quickstart", "plot",
+             "report", "transfer", "coordcheck")
 COMMANDS = sorted((*runs.COMMANDS, *sweeps.COMMANDS, *fits.COMMANDS), key=lambda c: ORDER.index(c.name))
 
 
@@ -32,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in COMPILING:
+        compile_cache.enable()
     try:
         return args.fn(args)
     except ConfigError as e:  # the one place a refusal becomes `testbed CMD: error: ...` and exit 2
