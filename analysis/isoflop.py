@@ -24,7 +24,7 @@ from testbed.config import ConfigError
 MIN_DISTINCT = 3  # distinct N a parabola needs
 OFF_CENTRE = 0.25  # a vertex at position < 0.25 or > 0.75 of the sampled log10 N range is flagged off-centre
 LOW_R2 = 0.8  # a parabola explaining less than this is flagged (grid too wide for a parabola, or noise)
-MIN_CURVE = 3  # finite eval_loss points per run for metric=None to pick eval_loss
+MIN_CURVE = 2  # finite eval_loss points a run needs to enter an eval_loss envelope (metric=None)
 REPORT_C = (1e18, 1e20, 1e22, 1e24)  # as analysis/pointfit.py: budgets at which allocations are reported
 ISO_FORMULA = ("N_opt = k_N * C^a, D_opt = k_D * C^b; N_opt, D_opt: vertices of loss-vs-log10 N and "
                "loss-vs-log10 D parabolas per isoFLOP budget")
@@ -195,13 +195,15 @@ def isoflop_fit(df: pd.DataFrame, *, budget_col: str = "C", bootstrap: int = 0, 
 
 
 def _metric(df: pd.DataFrame, metric: str | None) -> str:
-    """eval_loss when every run logs >= MIN_CURVE finite values of it, else train_loss (or the one asked for)."""
+    """eval_loss (a fixed set: no batch-to-batch noise) whenever >= 3 model sizes log >= MIN_CURVE finite values of
+    it (runs with fewer leave the envelope), else train_loss (or the one asked for)."""
     if metric is not None:
         _need(df, (metric,), "envelope")
         return metric
     if "eval_loss" in df.columns:
-        counts = df.assign(_f=np.isfinite(df["eval_loss"].to_numpy(float))).groupby("run_id")["_f"].sum()
-        if len(counts) and counts.min() >= MIN_CURVE:
+        g = df.assign(_f=np.isfinite(df["eval_loss"].to_numpy(float))).groupby("run_id")
+        counts, sizes = g["_f"].sum(), g["N"].median()
+        if sizes[counts >= MIN_CURVE].nunique() >= 3:
             return "eval_loss"
     if "train_loss" not in df.columns:
         raise ConfigError("envelope: the curves have no train_loss or eval_loss column (with >= "

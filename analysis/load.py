@@ -34,7 +34,10 @@ NUMERIC = ("N", "N_nonembed", "D", "C", "C_6ND", "loss", "train_loss", "loss_se"
 # usable()'s exclusion reasons; every key is always present. A status other than completed/diverged/failed
 # (no summary.json yet, "pending", ...) counts as incomplete; a completed run whose loss is NaN, inf or <= 0
 # counts under the last key.
-REASONS = ("diverged", "failed", "incomplete", "nonfinite_or_nonpositive_loss")
+REASONS = ("diverged", "failed", "incomplete", "nonfinite_or_nonpositive_loss", "wsd_parent")
+# a wsd_branch parent (launch/designs.py) ends at a branch step with its LR still at the peak: its curve feeds the
+# children and the curve analyses, but its final loss is not a trained-to-the-end point, so fits leave it out
+PARENT_ROLE = "parent"
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 FILTER_HELP = 'quote dotted names with backticks, e.g. --filter "`model.d_model` >= 64 and status == \'completed\'"'
 
@@ -59,8 +62,11 @@ def _run_row(run: RunDir, metric: str) -> tuple[dict[str, Any], bool]:
 
 def _load_sweep(sweep_dir: Path, metric: str) -> pd.DataFrame:
     rows, has_metric, finished = [], False, 0
-    for run in SweepDir(sweep_dir).runs(fix="pass a sweep directory or a CSV"):
+    sweep = SweepDir(sweep_dir)
+    roles = {rid: (e.get("varied") or {}).get("role") for rid, e in sweep.manifest().get("runs", {}).items()}
+    for run in sweep.runs(fix="pass a sweep directory or a CSV"):
         row, has = _run_row(run, metric)
+        row["role"] = roles.get(run.path.name)
         rows.append(row)
         has_metric |= has
         finished += row["status"] != "incomplete"
@@ -204,6 +210,8 @@ def load(data: str | Path, *, columns: dict[str, str] | None = None, metric: str
     loss = df["loss"].to_numpy(float)
     ok = np.isfinite(loss) & (np.nan_to_num(loss) > 0)
     df["ok"] = ok & (df["status"] == "completed").to_numpy() if "status" in df.columns else ok
+    if "role" in df.columns:
+        df["ok"] &= (df["role"] != PARENT_ROLE).to_numpy()
     return _finish(df, filter, **attrs)
 
 
@@ -230,8 +238,10 @@ def usable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     bad = df[~df["ok"].astype(bool)]
     excluded = dict.fromkeys(REASONS, 0)
     status = bad["status"] if "status" in bad.columns else pd.Series("completed", index=bad.index)
-    for s in status:
-        excluded["nonfinite_or_nonpositive_loss" if s == "completed" else s if s in REASONS else "incomplete"] += 1
+    role = bad["role"] if "role" in bad.columns else pd.Series(None, index=bad.index, dtype=object)
+    for s, r in zip(status, role, strict=True):
+        excluded["wsd_parent" if r == PARENT_ROLE else "nonfinite_or_nonpositive_loss" if s == "completed"
+                 else s if s in REASONS else "incomplete"] += 1
     rows = df[df["ok"].astype(bool)].reset_index(drop=True)
     rows.attrs.update(df.attrs, excluded=excluded)
     return rows, excluded

@@ -22,6 +22,9 @@ or an explicit list `shapes: [{d_model: 32, n_layers: 2, n_heads: 2}, ...]` (mod
   (`cooldown_frac` of its steps, default 0.2; `cooldown_shape`, `final_lr_frac` optional) starts at its branch step
   s = steps - round(cooldown_frac * steps): the child starts from the parent's checkpoint at s (train.branch_from,
   testbed/branch.py) and trains the cooldown only. The parent runs to the last s and keeps a checkpoint at each.
+  With `budgets: [C1, C2, ...]` instead of `tokens`, each shape's children sit on isoFLOP budgets (D = C / exact
+  flops_per_token, as isoflop): an IsoFLOP grid whose runs of one shape share their stable phase (per shape
+  0.8 D_max + 0.2 sum D instead of sum D tokens). Parents are curves, not points: fits leave them out.
 
 Design points are crossed with the sweep's grid and zip (e.g. seeds); a config key may be set by only one of them.
 """
@@ -45,9 +48,9 @@ KEYS = {
     "isoflop": ("budgets", "min_steps", *SHAPE_KEYS),
     "ladder": ("tokens", "tokens_per_param", "n_params", "min_steps", *SHAPE_KEYS),
     "transfer": ("lr", "widths", "head_dim", "parametrizations"),
-    "wsd_branch": ("tokens", "cooldown_frac", "cooldown_shape", "final_lr_frac", "min_steps", *SHAPE_KEYS),
+    "wsd_branch": ("tokens", "budgets", "cooldown_frac", "cooldown_shape", "final_lr_frac", "min_steps", *SHAPE_KEYS),
 }
-REQUIRED = {"isoflop": ("budgets",), "ladder": (), "transfer": ("lr", "widths"), "wsd_branch": ("tokens",)}
+REQUIRED = {"isoflop": ("budgets",), "ladder": (), "transfer": ("lr", "widths"), "wsd_branch": ()}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ def check(raw: Any, where: str) -> dict:
     if kind == "ladder" and ("tokens" in d) == ("tokens_per_param" in d):
         raise ConfigError(f"{where}: design.tokens / design.tokens_per_param: a ladder needs exactly one (a fixed "
                           "D, or D = tokens_per_param x N)")
+    if kind == "wsd_branch" and ("tokens" in d) == ("budgets" in d):
+        raise ConfigError(f"{where}: design.tokens / design.budgets: a wsd_branch design needs exactly one (token "
+                          "counts for every shape, or FLOP budgets: an IsoFLOP grid, D = C / flops_per_token)")
     if d.get("n_params", "total") not in ("total", "nonembedding"):
         raise ConfigError(f"{where}: design.n_params: {d['n_params']!r} is not total or nonembedding")
     for k in ("min_steps", "head_dim", "ffn_ratio", "depth"):
@@ -283,7 +289,8 @@ def _wsd_branch(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     for rung in rungs(d, base, where):
         cfg = _built(build, rung.overrides, where, rung.varied)
         children = []
-        for tokens in d["tokens"]:
+        fpt = shapes.count(cfg).flops_per_token
+        for tokens, budget in _branch_tokens(d, fpt):
             steps = _steps(tokens, cfg)
             s = steps - int(round(frac * steps))  # schedules.wsd's cooldown start, computed the same way
             why = _too_short(steps, cfg, d.get("min_steps", 1))
@@ -294,19 +301,26 @@ def _wsd_branch(d: dict, build: Build, where: str, log: Log) -> list[Point]:
                 log(f"{where}: dropped {_show(rung.varied)} tokens={tokens:,.0f}: {why}; raise tokens or lower "
                     "min_steps")
                 continue
-            children.append((steps, s))
+            children.append((steps, s, budget))
         if not children:
             continue
-        branch_steps = sorted({s for _, s in children})
+        branch_steps = sorted({s for _, s, _ in children})
         parent = len(points)
         points.append(Point({**rung.overrides, "optim.schedule": "constant", **_length(branch_steps[-1]),
                              "train.checkpoint_steps": branch_steps},
                             {**rung.varied, "role": "parent", "train.steps": branch_steps[-1]}))
-        for steps, s in children:
+        for steps, s, budget in children:
             points.append(Point({**rung.overrides, **child_keys, **_length(steps), "train.branch_step": s},
-                                {**rung.varied, "role": "cooldown", "train.steps": steps, "train.branch_step": s},
-                                parent=parent))
+                                {**({"budget": budget} if budget else {}), **rung.varied, "role": "cooldown",
+                                 "train.steps": steps, "train.branch_step": s}, parent=parent))
     return _nonempty(points, dropped, where)
+
+
+def _branch_tokens(d: dict, flops_per_token: int) -> list[tuple[float, float | None]]:
+    """(tokens, budget or None) per child of one shape: `tokens` as given, or `budgets` / flops_per_token."""
+    if "tokens" in d:  # exactly one of the two (checked with the other keys)
+        return [(t, None) for t in d["tokens"]]
+    return [(b / flops_per_token, b) for b in d["budgets"]]
 
 
 def _show(varied: dict) -> str:

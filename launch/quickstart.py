@@ -32,19 +32,25 @@ RECIPE = {
     "optim.grad_clip": None, "model.zero_init_readout": True, "train.eval_every": 10 ** 9,
     "train.checkpoint_every": 10 ** 9,
 }
-# size -> the sweep (budgets in exact training FLOPs, ladder widths at fixed depth), the held-out run's budget
-# (a multiple of the largest), bootstrap resamples. "small" is the 2-core laptop default (< 10 min);
-# "tiny" is the CI check of the whole pipeline; "gpu" is a starting point for one accelerator (not timed here).
+COOLDOWN = {k.removeprefix("optim."): RECIPE[k] for k in ("optim.cooldown_frac", "optim.cooldown_shape",
+                                                           "optim.final_lr_frac")}
+# size -> the sweep, the held-out run's budget (a multiple of the largest) and the bootstrap resamples. The sweep is
+# an IsoFLOP grid (budgets in exact training FLOPs x ladder widths at fixed depth) trained as WSD branches: per width
+# one constant-LR run, and per budget a cooldown branched from it (launch/designs.py wsd_branch), so a width's runs
+# share their stable phase and 5 budgets over 16x cost about what 3 independent budgets did. "small" is the 2-core
+# laptop default (~10 min); "tiny" is the CI check of the whole pipeline; "gpu" is a starting point for one
+# accelerator (not timed here). Eval: a fixed stratified eval set (testbed/data/synthetic.py) large enough that the
+# final eval loss's standard error is ~0.2% of the loss.
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"budgets": [2.0e10, 4.0e10, 8.0e10], "widths": [16, 24, 32, 48], "depth": 2, "head_dim": 8,
+    "tiny": {"budgets": [2.0e10, 4.0e10, 8.0e10], "widths": [16, 24, 32], "depth": 2, "head_dim": 8,
              "holdout_factor": 2.0, "bootstrap": 50, "min_steps": 20,
-             "set": {"optim.warmup_steps": 10, "data.eval_sequences": 128}},
-    "small": {"budgets": [3.0e11, 6.0e11, 1.2e12], "widths": [24, 32, 48, 64, 96], "depth": 2, "head_dim": 8,
-              "holdout_factor": 3.0, "bootstrap": 200, "min_steps": 50,
-              "set": {"optim.warmup_steps": 20, "data.eval_sequences": 512}},
-    "gpu": {"budgets": [3.0e15, 1.0e16, 3.0e16], "widths": [128, 192, 256, 384, 512], "depth": 4, "head_dim": 64,
-            "holdout_factor": 3.0, "bootstrap": 500, "min_steps": 200,
-            "set": {"optim.warmup_steps": 100, "data.eval_sequences": 1024, "data.seq_len": 256,
+             "set": {"optim.warmup_steps": 10, "data.eval_sequences": 256}},
+    "small": {"budgets": [1.0e11, 2.0e11, 4.0e11, 8.0e11, 1.6e12], "widths": [24, 32, 48, 64, 96], "depth": 2,
+              "head_dim": 8, "holdout_factor": 3.0, "bootstrap": 200, "min_steps": 50,
+              "set": {"optim.warmup_steps": 20, "data.eval_sequences": 1024}},
+    "gpu": {"budgets": [1.0e15, 2.0e15, 4.0e15, 8.0e15, 1.6e16], "widths": [128, 192, 256, 384, 512], "depth": 4,
+            "head_dim": 64, "holdout_factor": 3.0, "bootstrap": 500, "min_steps": 200,
+            "set": {"optim.warmup_steps": 100, "data.eval_sequences": 4096, "data.seq_len": 256,
                     "train.batch_size": 64, "param.base_width": 128}},
 }
 # widths the held-out run may take (the fitted law picks the one with the lowest predicted loss at its budget)
@@ -62,15 +68,24 @@ def _base_config() -> dict:
     return config.to_dict(config.from_dict({"data": {"seq_len": 64}, "train": {"steps": 300}}))
 
 
-def sweep_spec(size: str, budgets: list[float] | None = None, widths: list[int] | None = None) -> dict:
+def sweep_spec(size: str, budgets: list[float] | None = None, widths: list[int] | None = None, seed: int = 0,
+               branched: bool = True) -> dict:
+    """The quickstart's sweep file: its IsoFLOP grid as WSD branches, or (branched=False: the held-out run) plain
+    WSD runs with the same schedule (a branch's LR is exactly that of a WSD run of its length)."""
     s = SIZES[size]
+    design = {"type": "isoflop", "budgets": budgets or s["budgets"], "widths": widths or s["widths"],
+              "depth": s["depth"], "head_dim": s["head_dim"], "min_steps": s["min_steps"]}
+    recipe = dict(RECIPE)
+    if branched:  # the design owns the schedule: constant for the per-width runs, the recipe's cooldown for branches
+        design = {**design, "type": "wsd_branch", **COOLDOWN}
+        recipe = {k: v for k, v in recipe.items() if k != "optim.schedule" and k.removeprefix("optim.") not in COOLDOWN}
     return {
-        "name": f"quickstart-{size}",
-        "description": "testbed quickstart: IsoFLOP sweep, muP with the LR tuned at the base width",
+        "name": f"quickstart-{size}" + (f"-seed{seed}" if seed else ""),
+        "description": "testbed quickstart: IsoFLOP grid trained as WSD branches, muP with the LR tuned at the base "
+                       "width",
         "config": _base_config(),
-        "set": {**RECIPE, **s["set"]},
-        "design": {"type": "isoflop", "budgets": budgets or s["budgets"], "widths": widths or s["widths"],
-                   "depth": s["depth"], "head_dim": s["head_dim"], "min_steps": s["min_steps"]},
+        "set": {**recipe, **s["set"], **({"seed": seed} if seed else {})},
+        "design": design,
     }
 
 
@@ -124,7 +139,7 @@ def _default_workers(size: str) -> int:
     return 1 if size == "gpu" else min(2, os.cpu_count() or 1)
 
 
-def _pick_holdout(size: str, out: Path, res, budget: float, bt: dict | None) -> tuple[int, dict]:
+def _pick_holdout(size: str, out: Path, res, budget: float, bt: dict | None, seed: int) -> tuple[int, dict]:
     """The ladder width with the lowest predicted loss at `budget` under the fitted law, with that prediction,
     its bootstrap CI and its 90% prediction interval (the law's backtest errors on the sweep, `bt`): the prediction
     is made before the run is trained."""
@@ -134,7 +149,7 @@ def _pick_holdout(size: str, out: Path, res, budget: float, bt: dict | None) -> 
 
     from testbed import shapes
 
-    spec = sweep_spec(size, budgets=[budget], widths=HOLDOUT_WIDTHS[size])
+    spec = sweep_spec(size, budgets=[budget], widths=HOLDOUT_WIDTHS[size], seed=seed, branched=False)
     probe = out / ".holdout-candidates.yaml"
     probe.write_text(yaml.safe_dump(spec, sort_keys=False))
     try:
@@ -200,7 +215,7 @@ def _finished(out: Path, ids: list[str], summary_path: Path) -> dict | None:
 
 
 def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers: int | None = None,
-               log: Log = print) -> dict:
+               log: Log = print, seed: int = 0) -> dict:
     """Train, fit, predict, verify, report; returns the summary (also OUT/quickstart.json)."""
     import numpy as np
 
@@ -209,7 +224,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     out = Path(out)
     t_start = time.perf_counter()
     spec_path, holdout_path = out / "sweep.yaml", out / "holdout.yaml"
-    _write_spec(spec_path, sweep_spec(size))
+    _write_spec(spec_path, sweep_spec(size, seed=seed))
     ids = _run_ids(spec_path)
     summary_path = out / "quickstart.json"
     done = _finished(out, ids, summary_path)
@@ -219,8 +234,9 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     phases: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    log(f"quickstart ({size}): {len(ids)} runs, budgets {SIZES[size]['budgets']} FLOPs x widths "
-        f"{SIZES[size]['widths']}, muP at lr 2^-6 tuned at width {RECIPE['param.base_width']}; into {out}")
+    log(f"quickstart ({size}, seed {seed}): {len(ids)} runs, budgets {SIZES[size]['budgets']} FLOPs x widths "
+        f"{SIZES[size]['widths']} as WSD branches (one constant-LR run per width, a cooldown per budget), muP at lr "
+        f"2^-6 tuned at width {RECIPE['param.base_width']}; into {out}")
     workers = workers or _default_workers(size)
     trained = _train(spec_path, out / "sweep", workers, log)
     phases["train_s"] = time.perf_counter() - t0
@@ -239,10 +255,10 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     bt = _backtest(out / "sweep", boot, log)
     phases["fit_s"] = time.perf_counter() - t0
     budget = SIZES[size]["budgets"][-1] * SIZES[size]["holdout_factor"]
-    width, pred = _pick_holdout(size, out, res, budget, bt)
+    width, pred = _pick_holdout(size, out, res, budget, bt, seed)
     log(f"held-out run: C = {budget:.3g} FLOPs, width {width} (lowest predicted loss); predicted loss "
         f"{pred['predicted_loss']:.4f}{_intervals(pred)} before training it")
-    _write_spec(holdout_path, sweep_spec(size, budgets=[budget], widths=[width]))
+    _write_spec(holdout_path, sweep_spec(size, budgets=[budget], widths=[width], seed=seed, branched=False))
     t0 = time.perf_counter()
     _train(holdout_path, out / "holdout", 1, log)  # one run: one process with every core
     phases["holdout_train_s"] = time.perf_counter() - t0
@@ -259,9 +275,13 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
 
     rows = load.load(out / "sweep")
     entropy = float(np.nanmean(rows["data_entropy"])) if "data_entropy" in rows.columns else None
+    fitted = load.usable(rows)[0]
+    se_rel = (fitted["loss_se"] / fitted["loss"]).to_numpy(float)
     summary = {
-        "size": size, "out": str(out), "run_ids": ids, "runs": len(ids),
-        "budgets": SIZES[size]["budgets"], "widths": SIZES[size]["widths"],
+        "size": size, "seed": seed, "out": str(out), "run_ids": ids, "runs": len(ids),
+        "budgets": SIZES[size]["budgets"], "widths": SIZES[size]["widths"], "design": "wsd_branch",
+        "eval_loss_se_rel": {"median": float(np.nanmedian(se_rel)), "max": float(np.nanmax(se_rel)),
+                             "eval_sequences": SIZES[size]["set"]["data.eval_sequences"]},
         "chinchilla": {k: chin[k] for k in ("params", "ci", "diagnostics", "n_points", "excluded")},
         "chinchilla_a": {"value": chin["derived"]["a"], "ci": (chin.get("ci") or {}).get("a")},
         "isoflop": {"params": iso["params"], "ci": iso.get("ci"), "budgets_used": sum(
@@ -311,8 +331,8 @@ def format_summary(s: dict) -> str:
     h, n = s["holdout"], s["N_opt_at_holdout"]
     iso = s["isoflop"]
     lines = [
-        f"Fitted on {s['chinchilla']['n_points']} runs ({len(s['budgets'])} budgets x {len(s['widths'])} widths; "
-        "95% bootstrap CIs):",
+        f"Fitted on {s['chinchilla']['n_points']} runs ({len(s['budgets'])} budgets x {len(s['widths'])} widths, "
+        "WSD cooldowns branched from one run per width; 95% bootstrap CIs):",
         f"  L(N, D) = E + A/N^alpha + B/D^beta: alpha = {p['alpha']:.3f}{_ci(ci.get('alpha'))}, "
         f"beta = {p['beta']:.3f}{_ci(ci.get('beta'))}",
         f"  E = {p['E']:.3f}{_ci(ci.get('E'))} nats/token vs the data's known entropy floor "
@@ -333,6 +353,10 @@ def format_summary(s: dict) -> str:
         + (" (inside the CI)" if h.get("inside_ci") else " (outside the CI)")
         + ((" and inside the PI" if h.get("inside_pi") else " and outside the PI") if "predicted_pi" in h else ""),
     ]
+    se = s.get("eval_loss_se_rel")
+    if se:
+        lines.insert(1, f"  losses: final eval loss on a fixed stratified set of {se['eval_sequences']} sequences, "
+                        f"standard error {se['median']:.2%} of the loss (median; max {se['max']:.2%})")
     warn = (s["chinchilla"]["diagnostics"] or {}).get("warning")
     if warn:
         lines.append(f"  WARNING {warn}")

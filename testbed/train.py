@@ -112,8 +112,8 @@ class Evaluator:
 
     def finish(self, pending: list) -> dict:
         seq_loss = np.concatenate([np.asarray(x) for x in pending])[: self.n].astype(np.float64)
-        out = {"eval_loss": float(seq_loss.mean()),
-               "eval_loss_se": float(seq_loss.std(ddof=1) / math.sqrt(self.n)) if self.n > 1 else 0.0}
+        mean, se = self.eval.mean_and_se(seq_loss)
+        out = {"eval_loss": mean, "eval_loss_se": se}
         if self.eval.bytes_per_token:
             out["eval_bpb"] = out["eval_loss"] / (math.log(2) * self.eval.bytes_per_token)
         return out

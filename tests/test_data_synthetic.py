@@ -10,6 +10,7 @@ import pytest
 from testbed.config import DataConfig
 from testbed.data import make_source
 from testbed.data import synthetic as syn
+from testbed.data.base import EvalSet
 from testbed.data.synthetic import SkillMixture
 
 MASK = 2**64 - 1
@@ -169,7 +170,40 @@ def test_entropy_floor_and_oracle_monotone():
     losses = [src.oracle_loss(n, ev.tokens_ExLp1) for n in (0, 4, 16, 64, 256, 1024, 4096)]
     assert losses[0] == pytest.approx(math.log(256), abs=1e-12)
     assert all(a > b for a, b in zip(losses, losses[1:], strict=False)), losses
-    assert losses[-1] == pytest.approx(ev.entropy, abs=1e-9)
+    exact = float(-src.token_logprobs(ev.tokens_ExLp1).mean())
+    assert losses[-1] == pytest.approx(exact, abs=1e-9)
+    assert ev.entropy == pytest.approx(exact, abs=0.02)  # computed on one sequence per stratum
+
+
+def test_eval_set_is_stratified_over_the_skill_prior_and_cuts_the_standard_error():
+    """Equal-mass strata of the prior, 4 sequences each: the mean stays unbiased and, for a predictor that knows
+    only some skills (the oracle's per-sequence loss), the standard error drops several-fold vs a random set."""
+    src = SkillMixture(vocab_size=256, seq_len=64, n_skills=16384, eval_sequences=512)
+    ev = src.eval_set()
+    G = 512 // syn.EVAL_STRATUM
+    np.testing.assert_array_equal(ev.strata_E, np.arange(512) % G)
+    # each sequence's skill lies in its stratum's slice of the prior's CDF
+    _, k_E = src.sample(np.random.default_rng([src.seed, 2]), 512,
+                        skill_u_B=(ev.strata_E + np.random.default_rng([src.seed, 2]).random(512)) / G)
+    cdf_hi, cdf_lo = src.cumprior_K[k_E], src.cumprior_K[k_E] - src.prior_K[k_E]
+    assert np.all(cdf_hi >= ev.strata_E / G - 1e-12) and np.all(cdf_lo <= (ev.strata_E + 1) / G + 1e-12)
+    loss_strat = -src._mixture_logprobs(ev.tokens_ExLp1, 100, uniform=True).mean(1)
+    rand, _ = src.sample(np.random.default_rng(3), 512)
+    loss_rand = -src._mixture_logprobs(rand, 100, uniform=True).mean(1)
+    mean_s, se_s = ev.mean_and_se(loss_strat)
+    se_r = loss_rand.std(ddof=1) / np.sqrt(512)
+    assert se_s < se_r / 4, (se_s, se_r)
+    assert abs(mean_s - loss_rand.mean()) < 3 * np.hypot(se_s, se_r)  # the same expectation
+
+
+def test_stratified_mean_and_standard_error_by_hand():
+    ev = EvalSet(tokens_ExLp1=np.zeros((6, 3), np.int32), strata_E=np.array([0, 1, 2, 0, 1, 2]))
+    y = np.array([1.0, 2.0, 4.0, 3.0, 2.0, 6.0])
+    mean, se = ev.mean_and_se(y)
+    # strata means 2, 2, 5; variances 2, 0, 2 over 2 each: SE = sqrt((2/2 + 0 + 2/2)) / 3
+    assert mean == pytest.approx(3.0) and se == pytest.approx(np.sqrt(2.0) / 3)
+    plain = EvalSet(tokens_ExLp1=np.zeros((6, 3), np.int32))
+    assert plain.mean_and_se(y) == pytest.approx((y.mean(), y.std(ddof=1) / np.sqrt(6)))
 
 
 def test_capacity_curve_is_a_power_law():

@@ -117,6 +117,24 @@ def test_wsd_branch_parent_and_cooldown_children(tmp_path):
     assert child["flops_trained"] < child["flops"]  # a branch trains only its cooldown
 
 
+def test_wsd_branch_on_isoflop_budgets(tmp_path):
+    """budgets instead of tokens: each shape's children sit on the budgets (D = C / exact flops_per_token), so the
+    cooldowns form an IsoFLOP grid whose runs of one width share their stable phase."""
+    budgets = [4e8, 8e8]
+    design = {"type": "wsd_branch", "widths": [16, 32], "depth": 1, "head_dim": 8, "budgets": budgets,
+              "cooldown_frac": 0.3}
+    runs, _ = expand(tmp_path, design, set={"optim.warmup_steps": 3})
+    rows = sweep.describe(runs)
+    assert [r.varied["role"] for r in runs] == ["parent", "cooldown", "cooldown"] * 2
+    for parent, *children in (runs[:3], runs[3:]):
+        assert [c.varied["budget"] for c in children] == budgets
+        assert parent.cfg.train.steps == children[-1].cfg.train.branch_step
+    for r, row in zip(runs, rows, strict=True):
+        if r.varied["role"] == "cooldown":  # within half a step's FLOPs of the budget
+            assert row["flops"] == pytest.approx(r.varied["budget"], abs=row["flops"] / r.cfg.train.steps)
+    assert runs[1].cfg.train.steps > runs[4].cfg.train.steps  # the narrower width trains on more tokens
+
+
 def test_design_crossed_with_grid_and_conflicting_keys(tmp_path):
     design = {"type": "isoflop", "budgets": [2e8], "widths": [16, 32], "depth": 1, "head_dim": 8}
     runs, _ = expand(tmp_path, design, grid={"seed": [0, 1]})
@@ -160,6 +178,8 @@ def test_dry_run_shows_n_d_flops_and_est_time(tmp_path, capsys):
     ({"type": "wsd_branch", "widths": [16], "tokens": [640], "cooldown_frac": 1.5}, ["design.cooldown_frac"]),
     ({"type": "wsd_branch", "widths": [16], "depth": 1, "tokens": [64]}, ["tokens=64", "no stable phase",
                                                                           "too short"]),
+    ({"type": "wsd_branch", "widths": [16], "tokens": [640], "budgets": [1e9]}, ["design.budgets", "exactly one"]),
+    ({"type": "wsd_branch", "widths": [16]}, ["design.tokens", "exactly one"]),
     ({"type": "isoflop", "budgets": [1e9], "shapes": [{"d_model": 31}]}, ["d_model=31", "model.n_heads"]),
     ({"type": "isoflop", "budgets": [1e9], "widths": [16], "head_dim": "x"}, ["design.head_dim", "integer"]),
     ({"type": "transfer", "lr": [1e-3], "widths": [16], "parametrizations": []}, ["design.parametrizations"]),
@@ -231,6 +251,11 @@ def test_wsd_branch_children_continue_the_parent_and_cool_down(branched):
         assert final["status"] == "completed" and final["steps"] == n
         assert final["final_eval_loss"] < parent_at_s  # the cooldown helps
         assert f"at step {s}" in (out / c.run_id / "train.log").read_text()  # 'branching ... at step s'
+    # fits take the children's end points; the parent (its LR still at the peak) is a curve, not a point
+    from testbed.analysis import load as LD
+
+    rows, excluded = LD.usable(LD.load(out))
+    assert sorted(rows["run_id"]) == sorted(c.run_id for c in children) and excluded["wsd_parent"] == 1
     # a second invocation trains nothing
     again = sweep.run_sweep(out / "sweep.yaml", out, log=lambda _: None)
     assert again["trained"] == 0 and again["skipped"] == 3

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from testbed.analysis import isoflop as isoflop_module
 from testbed.analysis.isoflop import envelope_fit, isoflop_fit
 
 from testbed.config import ConfigError
@@ -136,7 +137,9 @@ def test_envelope_metric_choice_bootstrap_and_coarse_grid_warning():
     df["eval_loss"] = np.where(np.arange(len(df)) % 10 == 0, df["train_loss"], np.nan)
     assert envelope_fit(df)["diagnostics"]["metric"] == "eval_loss"  # 20 eval points per run
     df["eval_loss"] = np.where(np.arange(len(df)) % 100 == 0, df["train_loss"], np.nan)
-    assert envelope_fit(df)["diagnostics"]["metric"] == "train_loss"  # 2 per run: too sparse
+    assert isoflop_module._metric(df, None) == "eval_loss"  # 2 per run: a segment each, not batch noise
+    df["eval_loss"] = np.where(np.arange(len(df)) % 200 == 0, df["train_loss"], np.nan)
+    assert envelope_fit(df)["diagnostics"]["metric"] == "train_loss"  # 1 per run: no curve
     out = envelope_fit(curves(), bootstrap=100, seed=0)
     assert out["diagnostics"]["bootstrap"]["resampled"] == "runs"
     assert all(out["ci"][k][0] <= v <= out["ci"][k][1] for k, v in out["params"].items())

@@ -14,8 +14,13 @@ def test_quickstart_tiny_end_to_end_then_resumes_in_seconds(tmp_path, cli):
     r = cli("quickstart", "--size", "tiny", "--out", str(out), "--json", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
-    assert s["runs"] >= 12 and len(s["budgets"]) >= 3 and s["trained"] == s["runs"]
-    assert s["chinchilla"]["n_points"] == s["runs"] and s["chinchilla"]["diagnostics"]["converged"]
+    assert s["runs"] >= 12 and len(s["budgets"]) >= 3 and s["trained"] == s["runs"] and s["design"] == "wsd_branch"
+    # one constant-LR run per width, one cooldown per (width, budget): the cooldowns are the fitted points
+    assert s["runs"] == len(s["widths"]) * (1 + len(s["budgets"]))
+    assert s["chinchilla"]["n_points"] == len(s["widths"]) * len(s["budgets"])
+    assert s["chinchilla"]["excluded"]["wsd_parent"] == len(s["widths"]) and s["chinchilla"]["diagnostics"]["converged"]
+    # final losses are eval losses on the stratified set: a standard error of a fraction of a percent
+    assert 0 < s["eval_loss_se_rel"]["median"] <= s["eval_loss_se_rel"]["max"] < 0.01
     assert set(s["chinchilla"]["ci"]) >= {"E", "A", "B", "alpha", "beta"}
     h = s["holdout"]
     # the held-out run is larger than every fitted run and was predicted from the fit, then trained

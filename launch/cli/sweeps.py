@@ -75,7 +75,7 @@ def cmd_plan(args) -> int:
 def cmd_quickstart(args) -> int:
     from testbed.launch import quickstart
 
-    out = quickstart.quickstart(args.out, size=args.size, workers=args.workers, log=stderr)
+    out = quickstart.quickstart(args.out, size=args.size, workers=args.workers, log=stderr, seed=args.seed)
     print(dumps(out) if args.json else quickstart.format_text(out))
     return 0
 
@@ -140,8 +140,10 @@ COMMANDS = (
     Command("quickstart", "train an IsoFLOP sweep on the embedded data, fit the scaling law, predict and train a "
             "held-out larger run, write the report (about 7 min on 2 CPU cores)", (
         arg("--out", default="runs/quickstart", help="output directory (default runs/quickstart)"),
-        arg("--size", default="small", help="small (2-core laptop, default) | tiny (a 2-minute check) | "
-            "gpu (one accelerator)"),
+        arg("--size", default="small", choices=("small", "tiny", "gpu"),
+            help="small (2-core laptop, default) | tiny (a 3-minute check of the pipeline) | gpu (one accelerator)"),
+        arg("--seed", type=int, default=0, help="seed of every run: initialization, data order and eval set "
+            "(another seed is another quickstart: use another --out)"),
         arg("--workers", type=int, help="training processes (default: the measured local layout)"),
         arg("--json", action="store_true", help="print the summary as JSON"),
     ), cmd_quickstart),

@@ -14,6 +14,22 @@ class EvalSet:
     tokens_ExLp1: np.ndarray  # int32 [E, seq_len + 1]
     entropy: float | None = None  # mean true -log p(target | prefix) in nats/token, when the source knows it
     bytes_per_token: float | None = None  # mean UTF-8 bytes per target token, for bits per byte
+    # stratum of each sequence when the set is a stratified sample (equal-mass strata of the source's mixture): the
+    # loss is then the mean of the strata's means and its standard error the stratified one (within-stratum spread)
+    strata_E: np.ndarray | None = None
+
+    def mean_and_se(self, loss_E: np.ndarray) -> tuple[float, float]:
+        """The eval loss (per-sequence losses averaged, stratum by stratum when stratified) and its standard error."""
+        loss_E = np.asarray(loss_E, np.float64)
+        n = len(loss_E)
+        if self.strata_E is None:
+            return float(loss_E.mean()), float(loss_E.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        _, h_E, n_H = np.unique(self.strata_E, return_inverse=True, return_counts=True)
+        G = len(n_H)
+        mean_H = np.bincount(h_E, loss_E, G) / n_H
+        ss_H = np.bincount(h_E, (loss_E - mean_H[h_E]) ** 2, G)
+        var_H = np.where(n_H > 1, ss_H / np.maximum(n_H - 1, 1), 0.0)
+        return float(mean_H.mean()), float(np.sqrt((var_H / n_H).sum()) / G)
 
 
 @dataclass
