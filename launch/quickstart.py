@@ -45,9 +45,9 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"budgets": [2.0e10, 4.0e10, 8.0e10], "widths": [16, 24, 32], "depth": 2, "head_dim": 8,
              "holdout_factor": 2.0, "bootstrap": 50, "min_steps": 20,
              "set": {"optim.warmup_steps": 10, "data.eval_sequences": 256}},
-    "small": {"budgets": [1.0e11, 2.0e11, 4.0e11, 8.0e11, 1.6e12], "widths": [24, 32, 48, 64, 96], "depth": 2,
+    "small": {"budgets": [5.0e10, 1.0e11, 2.0e11, 4.0e11, 8.0e11], "widths": [24, 32, 48, 64, 96], "depth": 2,
               "head_dim": 8, "holdout_factor": 3.0, "bootstrap": 200, "min_steps": 50,
-              "set": {"optim.warmup_steps": 20, "data.eval_sequences": 1024}},
+              "set": {"optim.warmup_steps": 20, "data.eval_sequences": 1536}},
     "gpu": {"budgets": [1.0e15, 2.0e15, 4.0e15, 8.0e15, 1.6e16], "widths": [128, 192, 256, 384, 512], "depth": 4,
             "head_dim": 64, "holdout_factor": 3.0, "bootstrap": 500, "min_steps": 200,
             "set": {"optim.warmup_steps": 100, "data.eval_sequences": 4096, "data.seq_len": 256,
@@ -217,8 +217,6 @@ def _finished(out: Path, ids: list[str], summary_path: Path) -> dict | None:
 def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers: int | None = None,
                log: Log = print, seed: int = 0) -> dict:
     """Train, fit, predict, verify, report; returns the summary (also OUT/quickstart.json)."""
-    import numpy as np
-
     if size not in SIZES:
         raise ConfigError(f"--size: unknown '{size}'; choose one of {', '.join(SIZES)}")
     out = Path(out)
@@ -273,23 +271,10 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     t0 = time.perf_counter()
     from testbed.analysis import html
 
-    rows = load.load(out / "sweep")
-    entropy = float(np.nanmean(rows["data_entropy"])) if "data_entropy" in rows.columns else None
-    fitted = load.usable(rows)[0]
-    se_rel = (fitted["loss_se"] / fitted["loss"]).to_numpy(float)
-    summary = {
-        "size": size, "seed": seed, "out": str(out), "run_ids": ids, "runs": len(ids),
-        "budgets": SIZES[size]["budgets"], "widths": SIZES[size]["widths"], "design": "wsd_branch",
-        "eval_loss_se_rel": {"median": float(np.nanmedian(se_rel)), "max": float(np.nanmax(se_rel)),
-                             "eval_sequences": SIZES[size]["set"]["data.eval_sequences"]},
-        "chinchilla": {k: chin[k] for k in ("params", "ci", "diagnostics", "n_points", "excluded")},
-        "chinchilla_a": {"value": chin["derived"]["a"], "ci": (chin.get("ci") or {}).get("a")},
-        "isoflop": {"params": iso["params"], "ci": iso.get("ci"), "budgets_used": sum(
-            1 for b in iso["derived"]["budgets"] if b.get("used"))},
-        "N_opt_at_holdout": _n_opt(chin, res, budget),
-        "holdout": pred, "data_entropy": entropy, "trained": trained["trained"],
-        "best_loss": float(rows.loc[rows["ok"].astype(bool), "loss"].min()),
-    }
+    summary = {"size": size, "seed": seed, "out": str(out), "run_ids": ids, "runs": len(ids),
+               "budgets": SIZES[size]["budgets"], "widths": SIZES[size]["widths"], "design": "wsd_branch",
+               **_findings(size, load.load(out / "sweep"), chin, iso, res, budget),
+               "holdout": pred, "trained": trained["trained"]}
     pre = format_summary(summary)
     html.build(out / "sweep", out / "report", bootstrap=boot, progress=lambda m: log(m), preface=pre, fits=fits,
                kinds=REPORT_KINDS)
@@ -299,6 +284,26 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "small", workers
     summary["report"] = str(out / "report" / "index.html")
     _write_json(summary_path, summary)
     return summary
+
+
+def _findings(size: str, rows, chin: dict, iso: dict, res, budget: float) -> dict:
+    """The summary's fitted quantities: eval-loss precision, the two laws, N_opt at the held-out budget, floors."""
+    import numpy as np
+    from testbed.analysis import load
+
+    fitted = load.usable(rows)[0]
+    se_rel = (fitted["loss_se"] / fitted["loss"]).to_numpy(float)
+    return {
+        "eval_loss_se_rel": {"median": float(np.nanmedian(se_rel)), "max": float(np.nanmax(se_rel)),
+                             "eval_sequences": SIZES[size]["set"]["data.eval_sequences"]},
+        "chinchilla": {k: chin[k] for k in ("params", "ci", "diagnostics", "n_points", "excluded")},
+        "chinchilla_a": {"value": chin["derived"]["a"], "ci": (chin.get("ci") or {}).get("a")},
+        "isoflop": {"params": iso["params"], "ci": iso.get("ci"), "budgets_used": sum(
+            1 for b in iso["derived"]["budgets"] if b.get("used"))},
+        "N_opt_at_holdout": _n_opt(chin, res, budget),
+        "data_entropy": float(np.nanmean(rows["data_entropy"])) if "data_entropy" in rows.columns else None,
+        "best_loss": float(fitted["loss"].min()),
+    }
 
 
 def format_text(out: dict) -> str:

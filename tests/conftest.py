@@ -38,6 +38,19 @@ def pytest_configure(config):
     config._testbed_jax_cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+# the test files with the most work (minutes each on 2 cores; CI's --durations shows them), scheduled first: the
+# workers take whole files in collection order (--dist loadfile), so a long file started last would leave the other
+# worker idle while it finishes
+HEAVY_FIRST = ("test_quickstart", "test_sharding", "test_backtest_published", "test_diagnostics", "test_fit",
+               "test_report", "test_kill_resume", "test_farseer", "test_backends", "test_compare", "test_designs",
+               "test_simulate", "test_nextruns", "test_train", "test_pack")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a file's tests keep their order
+
+
 def pytest_unconfigure(config):
     import shutil
 
