@@ -84,7 +84,8 @@ def test_failed_runs_are_kept_flagged_and_counted(sweep):
                      "d_fail": ("failed", False), "e_inc": ("incomplete", False), "f_inf": ("completed", False)}
     rows, excluded = L.usable(df)
     assert list(rows["run_id"]) == ["a_d64", "b_d128"] and rows["ok"].all()
-    assert excluded == {"diverged": 1, "failed": 1, "incomplete": 1, "nonfinite_or_nonpositive_loss": 1}
+    assert excluded == {"diverged": 1, "failed": 1, "incomplete": 1, "nonfinite_or_nonpositive_loss": 1,
+                        "wsd_parent": 0}
     assert tuple(excluded) == L.REASONS and rows.attrs["excluded"] == excluded
     assert L.describe_exclusions(excluded) == ("excluded 4 runs: 1 diverged, 1 failed, 1 incomplete, "
                                                "1 nonfinite or nonpositive loss")
@@ -142,7 +143,7 @@ def test_csv_with_column_mapping_derives_D(tmp_path):
     assert df["ok"].tolist() == [True, True, False, True]
     rows, excluded = L.usable(df)
     assert len(rows) == 3 and excluded == {"diverged": 0, "failed": 0, "incomplete": 0,
-                                           "nonfinite_or_nonpositive_loss": 1}
+                                           "nonfinite_or_nonpositive_loss": 1, "wsd_parent": 0}
     gz = tmp_path / "table.csv.gz"
     pd.read_csv(path).to_csv(gz, index=False)
     pd.testing.assert_frame_equal(L.load(gz, columns={"N": "Model Size", "C": "Training FLOP", "loss": "Final Loss"},
