@@ -240,8 +240,10 @@ def usable(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     status = bad["status"] if "status" in bad.columns else pd.Series("completed", index=bad.index)
     role = bad["role"] if "role" in bad.columns else pd.Series(None, index=bad.index, dtype=object)
     for s, r in zip(status, role, strict=True):
-        excluded["wsd_parent" if r == PARENT_ROLE else "nonfinite_or_nonpositive_loss" if s == "completed"
-                 else s if s in REASONS else "incomplete"] += 1
+        if s != "completed":  # a run that did not finish says why, whatever its role
+            excluded[s if s in REASONS else "incomplete"] += 1
+        else:
+            excluded["wsd_parent" if r == PARENT_ROLE else "nonfinite_or_nonpositive_loss"] += 1
     rows = df[df["ok"].astype(bool)].reset_index(drop=True)
     rows.attrs.update(df.attrs, excluded=excluded)
     return rows, excluded

@@ -289,8 +289,7 @@ def _wsd_branch(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     for rung in rungs(d, base, where):
         cfg = _built(build, rung.overrides, where, rung.varied)
         children = []
-        fpt = shapes.count(cfg).flops_per_token
-        for tokens, budget in _branch_tokens(d, fpt):
+        for tokens, budget in _branch_tokens(d, cfg):
             steps = _steps(tokens, cfg)
             s = steps - int(round(frac * steps))  # schedules.wsd's cooldown start, computed the same way
             why = _too_short(steps, cfg, d.get("min_steps", 1))
@@ -316,11 +315,12 @@ def _wsd_branch(d: dict, build: Build, where: str, log: Log) -> list[Point]:
     return _nonempty(points, dropped, where)
 
 
-def _branch_tokens(d: dict, flops_per_token: int) -> list[tuple[float, float | None]]:
-    """(tokens, budget or None) per child of one shape: `tokens` as given, or `budgets` / flops_per_token."""
+def _branch_tokens(d: dict, cfg: config.Config) -> list[tuple[float, float | None]]:
+    """(tokens, budget or None) per child of one shape: `tokens` as given, or each budget / its flops_per_token."""
     if "tokens" in d:  # exactly one of the two (checked with the other keys)
         return [(t, None) for t in d["tokens"]]
-    return [(b / flops_per_token, b) for b in d["budgets"]]
+    fpt = shapes.count(cfg).flops_per_token
+    return [(b / fpt, b) for b in d["budgets"]]
 
 
 def _show(varied: dict) -> str:

@@ -224,3 +224,11 @@ def test_epoch_chinchilla_csv():
     assert len(df) == 245 and df["ok"].all() and df.attrs["derived"] == ["D = C / (6 N)"]
     assert np.allclose(df["D"], df["C"] / (6 * df["N"])) and np.allclose(df["C_6ND"], df["C"])
     assert L.usable(df)[1] == dict.fromkeys(L.REASONS, 0)
+
+
+def test_a_wsd_parent_is_excluded_as_such_unless_it_did_not_finish():
+    df = pd.DataFrame({"run_id": ["p", "q", "c"], "status": ["completed", "diverged", "completed"],
+                       "role": ["parent", "parent", "cooldown"], "loss": [3.0, np.nan, 2.9],
+                       "ok": [False, False, True]})
+    rows, excluded = L.usable(df)
+    assert list(rows["run_id"]) == ["c"] and excluded["wsd_parent"] == 1 and excluded["diverged"] == 1
