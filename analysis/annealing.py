@@ -67,6 +67,9 @@ ANNEALING = Law(
     natural=lambda p: {"L0": p["L0"], "A": float(np.exp(p["log_A"])), "alpha": p["alpha"], "C": p["C"]},
     bounds={"L0": (0.0, np.inf), "alpha": (0.0, 3.0), "C": (0.0, np.inf)},  # outside: listed in at_bound
     positive=("S1",),  # S2 is 0 until the LR first drops
+    pin={k: ("longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)")
+         for k in ("L0", "log_A", "alpha")}
+    | {"C": "a run whose LR decays (a cosine or a WSD cooldown) among the fitted curves: its drop sets C"},
 )
 
 
@@ -95,24 +98,31 @@ def _warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:
     return 0
 
 
-def _run_series(g: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
-    """One run's (steps, S1, S2, loss) at its logged steps with a finite metric, past skip_steps, with S1 > 0."""
+def lr_history(g: pd.DataFrame, metric: str, skip_steps: int):
+    """One run's logged points and its whole LR sequence: (steps, updates done before each point's loss, update
+    k's LR at index k - 1, loss), at logged steps with a finite metric, past skip_steps, after >= 1 update."""
     for c in ("step", "lr", metric):
         if c not in g.columns:
-            raise ConfigError(f"annealing: curves have no {c!r} column (analysis/load.py curves() gives them)")
+            raise ConfigError(f"curve law: curves have no {c!r} column (analysis/load.py curves() gives them)")
     step, lr, y = (pd.to_numeric(g[c], errors="coerce").to_numpy(float) for c in ("step", "lr", metric))
     ok = np.isfinite(step) & np.isfinite(lr) & (step >= 1)
     if not ok.any():
-        raise ConfigError(f"annealing: run {g['run_id'].iloc[0]} has no logged step with a finite lr")
+        raise ConfigError(f"curve law: run {g['run_id'].iloc[0]} has no logged step with a finite lr")
     order = np.argsort(step[ok])
     n = int(step[ok].max())
     lr_all = np.interp(np.arange(1, n + 1), step[ok][order], lr[ok][order])  # update k's LR at index k - 1
+    # logged step k -> updates done: k (eval_loss) or k - 1 (train_loss; module docstring)
+    done = np.nan_to_num(step, nan=-1).astype(int) - (1 if metric == "train_loss" else 0)
+    keep = ok & (done >= 1) & np.isfinite(y) & (step > skip_steps)
+    return step[keep], done[keep], lr_all, y[keep]
+
+
+def _run_series(g: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
+    """One run's (steps, S1, S2, loss) at its logged steps with a finite metric, past skip_steps, with S1 > 0."""
+    step, done, lr_all, y = lr_history(g, metric, skip_steps)
     S1, S2 = areas(lr_all, lam, _warmup_of(g, warmup_steps))
-    # logged step k -> index of the S after k updates (eval_loss) or k - 1 (train_loss; module docstring)
-    idx = np.nan_to_num(step, nan=-1).astype(int) - (2 if metric == "train_loss" else 1)
-    keep = ok & (idx >= 0) & np.isfinite(y) & (step > skip_steps)
-    keep[keep] &= S1[idx[keep]] > 0
-    return step[keep], S1[idx[keep]], S2[idx[keep]], y[keep]
+    keep = S1[done - 1] > 0
+    return step[keep], S1[done - 1][keep], S2[done - 1][keep], y[keep]
 
 
 def _points(df: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
@@ -131,23 +141,53 @@ def _check(X: np.ndarray, y: np.ndarray) -> None:
                           "fit a run whose LR decays (cosine, WSD cooldown, ...)")
 
 
-def fit_annealing(curves_df: pd.DataFrame, *, metric: str = "train_loss", lam: float | None = 0.999,
-                  fit_runs: Iterable[str] | None = None, skip_steps: int = 0,
-                  warmup_steps: int | None = None) -> dict:
-    """Fit the law to the full curves of runs (all, or those in fit_runs) from load.curves(); `testbed fit` JSON.
+MIN_EVALS = 8  # curve_metric: eval points per run below which the curve laws fall back to the train loss
 
-    lam: fixed; None searches LAMS and keeps the lowest objective (diagnostics.lam_search). skip_steps drops
-    logged steps <= it. warmup_steps: None reads each run's optim.warmup_steps column (else 0).
-    """
+
+def curve_metric(df: pd.DataFrame) -> str:
+    """eval_loss when every run logs at least MIN_EVALS finite eval losses (a fixed eval set: no batch noise),
+    else train_loss (whose batch-to-batch spread the fit then has to average out)."""
+    if "eval_loss" in df.columns:
+        n = pd.to_numeric(df["eval_loss"], errors="coerce").notna().groupby(df["run_id"]).sum()
+        if len(n) and n.min() >= MIN_EVALS:
+            return "eval_loss"
+    return "train_loss"
+
+
+def select_runs(curves_df: pd.DataFrame, fit_runs: Iterable[str] | None, law: str) -> pd.DataFrame:
+    """The curves of fit_runs (None: all), refusing names that are not there."""
     df = curves_df
     if fit_runs is not None:
         runs = [str(r) for r in fit_runs]
         missing = sorted(set(runs) - set(df["run_id"].astype(str)))
         if missing:
-            raise ConfigError(f"fit annealing: fit_runs {missing} are not in the curves")
+            raise ConfigError(f"fit {law}: fit_runs {missing} are not in the curves")
         df = df[df["run_id"].astype(str).isin(runs)]
     if df.empty:
-        raise ConfigError("fit annealing: no curve rows to fit")
+        raise ConfigError(f"fit {law}: no curve rows to fit")
+    return df
+
+
+def errors(step: np.ndarray, pred: np.ndarray, y: np.ndarray) -> dict:
+    """A predicted curve against the observed one: relative errors (pred - obs) / obs, mean |.| and at the end."""
+    rel = (pred - y) / y
+    last = int(np.argmax(step))
+    return {"n_points": len(y), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+            "final_rel_error": float(rel[last]), "final_step": int(step[last]),
+            "final_loss": float(y[last]), "final_pred": float(pred[last])}
+
+
+def fit_annealing(curves_df: pd.DataFrame, *, metric: str | None = None, lam: float | None = 0.999,
+                  fit_runs: Iterable[str] | None = None, skip_steps: int = 0,
+                  warmup_steps: int | None = None) -> dict:
+    """Fit the law to the full curves of runs (all, or those in fit_runs) from load.curves(); `testbed fit` JSON.
+
+    metric: None picks eval_loss where every run logs enough of it (curve_metric). lam: fixed; None searches LAMS
+    and keeps the lowest objective (diagnostics.lam_search). skip_steps drops logged steps <= it. warmup_steps:
+    None reads each run's optim.warmup_steps column (else 0).
+    """
+    df = select_runs(curves_df, fit_runs, "annealing")
+    metric = curve_metric(df) if metric is None else metric
     fits = {}
     for lm in (LAMS if lam is None else (float(lam),)):
         X, y = _points(df, metric, lm, skip_steps, warmup_steps)
@@ -192,41 +232,76 @@ def predict_runs(result: dict, curves_df: pd.DataFrame, run_ids: Iterable[str], 
         step, S1, S2, y = _run_series(g, metric, p["lam"], skip_steps, warmup_steps)
         if not len(y):
             raise ConfigError(f"predict annealing: run {rid} has no usable {metric} after step {skip_steps}")
-        pred = _law_value(p, S1, S2)
-        rel = (pred - y) / y
-        last = int(np.argmax(step))
-        out[rid] = {"n_points": len(y), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
-                    "final_rel_error": float(rel[last]), "final_step": int(step[last]),
-                    "final_loss": float(y[last]), "final_pred": float(pred[last])}
+        out[rid] = errors(step, _law_value(p, S1, S2), y)
     return out
 
 
-def plot_annealing(result: dict, curves_df: pd.DataFrame, held: Iterable[str], path) -> None:
-    """Observed curves (thin) and the law (fitted runs solid, held-out runs dashed), with each run's LR below."""
+def curve(result: dict, g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, observed, predicted) of one run's curve under the fitted law (the figure's lines)."""
+    p = result["params"]
+    step, S1, S2, y = _run_series(g, result["diagnostics"].get("metric", "train_loss"), p["lam"], 0, None)
+    return step, y, _law_value(p, S1, S2)
+
+
+def schedule_label(r: pd.Series) -> str:
+    """A run's LR schedule in words from its optim.* columns, e.g. "wsd 1-sqrt 20%", "cosine to 0.1"."""
+    name = str(r.get("optim.schedule", ""))
+    final = pd.to_numeric(r.get("optim.final_lr_frac"), errors="coerce")
+    to = f" to {final:g}" if pd.notna(final) and final > 0 else ""
+    if name == "wsd":
+        frac = pd.to_numeric(r.get("optim.cooldown_frac"), errors="coerce")
+        return f"wsd {r.get('optim.cooldown_shape', '')} {frac:.0%}{to}".replace("  ", " ")
+    return f"{name}{to}" if name in ("cosine", "linear") else name
+
+
+def run_labels(curves_df: pd.DataFrame) -> dict[str, str]:
+    """run_id -> its schedule in words (schedule_label; else the optim.* settings that differ), followed by the
+    other settings that differ (e.g. seed=1) where runs share a schedule; the run_id where nothing tells them apart."""
+    per_run = curves_df.drop_duplicates("run_id").set_index("run_id")
+    varies = [c for c in per_run.columns if (c == "seed" or "." in c) and per_run[c].astype(str).nunique() > 1]
+    if "optim.schedule" in per_run.columns:
+        labels = {str(r): schedule_label(row) for r, row in per_run.iterrows()}
+    else:
+        labels = {str(r): " ".join(f"{c.removeprefix('optim.')}={per_run.at[r, c]}" for c in varies
+                                   if c.startswith("optim.")) for r in per_run.index}
+    if len(set(labels.values())) < len(labels):
+        rest = [c for c in varies if not c.startswith("optim.")]
+        labels = {r: " ".join([lab] + [f"{c}={per_run.at[r, c]}" for c in rest]).strip() for r, lab in labels.items()}
+    return labels if all(labels.values()) and len(set(labels.values())) == len(labels) else {
+        str(r): str(r) for r in per_run.index}
+
+
+def plot_curves(result: dict, curves_df: pd.DataFrame, held: Iterable[str], path, curve_fn, title: str) -> None:
+    """Observed curves (points) and a curve law (fitted runs solid, held-out runs dashed), each run's LR below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from testbed.analysis import plots
 
-    p, metric = result["params"], result["diagnostics"].get("metric", "train_loss")
-    held = set(map(str, held))
+    held, labels = set(map(str, held)), run_labels(curves_df)
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for i, (rid, g) in enumerate(sorted(curves_df.groupby("run_id"), key=lambda t: (str(t[0]) in held, str(t[0])))):
         if i >= 10:  # a readable figure: the first ten runs (fitted first)
             break
-        color = f"C{i}"
-        step, S1, S2, y = _run_series(g, metric, p["lam"], 0, None)
-        ax.plot(step, y, color=color, lw=0.6, alpha=0.5)
-        ax.plot(step, _law_value(p, S1, S2), color=color, lw=1.5, ls="--" if str(rid) in held else "-",
-                label=f"{rid}{' (held out)' if str(rid) in held else ''}")
-        ax_lr.plot(pd.to_numeric(g["step"]), pd.to_numeric(g["lr"]), color=color, lw=1)
-    ax.set(ylabel=metric, yscale="log",
-           title=f"LR-annealing law: L0={p['L0']:.3g} A={p['A']:.3g} alpha={p['alpha']:.3g} C={p['C']:.3g} "
-                 f"lam={p['lam']}")
+        step, y, pred = curve_fn(result, g)
+        out = str(rid) in held
+        ax.plot(step, y, "o", color=f"C{i}", ms=2, alpha=0.5)
+        ax.plot(step, pred, color=f"C{i}", lw=1.5, ls="--" if out else "-",
+                label=f"{labels.get(str(rid), rid)}{' (predicted)' if out else ' (fitted)'}")
+        ax_lr.plot(pd.to_numeric(g["step"]), pd.to_numeric(g["lr"]), color=f"C{i}", lw=1)
+    ax.set(ylabel=result["diagnostics"].get("metric", "train_loss"), yscale="log", title=title)
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
     ax_lr.set(xlabel="step", ylabel="LR")
     fig.tight_layout()
     plots.save(fig, path)
     plt.close(fig)
+
+
+def plot_annealing(result: dict, curves_df: pd.DataFrame, held: Iterable[str], path) -> None:
+    """The annealing law's curves (plot_curves)."""
+    p = result["params"]
+    plot_curves(result, curves_df, held, path, curve,
+                f"LR-annealing law: L0={p['L0']:.3g} A={p['A']:.3g} alpha={p['alpha']:.3g} C={p['C']:.3g} "
+                f"lam={p['lam']}")

@@ -118,6 +118,17 @@ def _newton(f, iters: int):
     return solve
 
 
+def screen(law: Law, X: np.ndarray, y: np.ndarray, starts: np.ndarray, keep: int, chunk: int = 32) -> np.ndarray:
+    """The keep starts with the lowest objective, evaluated without any Newton step (chunk at a time): for laws whose
+    rows are wide (analysis/multipower.py), where a Hessian per start of a full grid would not fit in memory."""
+    with jax.enable_x64(True):
+        f = jax.jit(jax.vmap(_objective(law), in_axes=(0, None, None, None)))
+        Xj, logy, w = jnp.asarray(X, jnp.float64), jnp.log(jnp.asarray(y, jnp.float64)), jnp.ones(len(y))
+        vals = np.concatenate([np.asarray(f(jnp.asarray(starts[i:i + chunk]), Xj, logy, w))
+                               for i in range(0, len(starts), chunk)])
+    return starts[np.argsort(np.where(np.isfinite(vals), vals, np.inf))[:keep]]
+
+
 def check_points(law: Law, X: np.ndarray, y: np.ndarray) -> None:
     """Degenerate input gets a ConfigError naming what is wrong."""
     if len(y) < law.needs():
@@ -219,7 +230,7 @@ def _diagnostics(law: Law, starts, thetas, vals, gnorms, best: int, H: np.ndarra
     outside = [k for k, t, a, b in zip(law.raw, theta, lo, hi, strict=True) if not a <= t <= b]
     at_bound = [k for k, (a, b) in law.bounds.items()
                 if not a + 1e-6 < theta[law.raw.index(k)] < b - 1e-6]
-    eig = np.linalg.eigvalsh(0.5 * (H + H.T))
+    eig = np.linalg.eigvalsh(0.5 * (H + H.T)) if np.all(np.isfinite(H)) else np.full(len(H), np.nan)
     cond = float(np.abs(eig).max() / max(np.abs(eig).min(), 1e-300))
     gnorm = float(gnorms[best])
     converged = bool(gnorm <= GRAD_TOL * n and np.all(eig > 0))
@@ -236,9 +247,39 @@ def _diagnostics(law: Law, starts, thetas, vals, gnorms, best: int, H: np.ndarra
                              "worst": float(np.max(vals[finite])) if finite.any() else None},
         "outside_start_grid": outside,
         "at_bound": at_bound,
+        **_identification(law, H, converged, at_bound),
         **({"warning": "NOT CONVERGED: the best start's gradient is not ~0 or its Hessian is not positive definite; "
                        "do not trust these parameters"} if not converged else {}),
     }
+
+
+WEAK = 1e-8  # an eigenvalue of the scale-free Hessian below WEAK x its largest: a direction the data do not pin
+
+
+def weak_parameters(law: Law, H: np.ndarray, weakest: bool = False) -> list[str]:
+    """The raw parameters the data leave (nearly) free: those loading >= 0.3 on an eigenvector of the Hessian,
+    rescaled to unit diagonal, whose eigenvalue is below WEAK x the largest (or not positive); with weakest, also
+    those on the lowest eigenvalue's eigenvector (a fit still sliding along a valley when its iterations ran out)."""
+    d = np.sqrt(np.maximum(np.abs(np.diag(H)), 1e-300))
+    eig, vec = np.linalg.eigh(0.5 * (H + H.T) / np.outer(d, d))
+    weak = eig < WEAK * max(float(eig.max()), 1e-300)
+    if weakest:
+        weak[int(np.argmin(eig))] = True
+    names = {law.raw[i] for j in np.flatnonzero(weak) for i in np.flatnonzero(np.abs(vec[:, j]) >= 0.3)}
+    names |= {law.raw[i] for i in np.flatnonzero(np.abs(np.diag(H)) <= 1e-300)}  # no curvature at all
+    return [k for k in law.raw if k in names]
+
+
+def _identification(law: Law, H: np.ndarray, converged: bool, at_bound: list[str]) -> dict:
+    """For a fit that did not converge or ended at a bound: which parameters the data do not pin, and (from the
+    law's `pin`) what data would."""
+    if converged and not at_bound:
+        return {}
+    names = weak_parameters(law, H, weakest=not converged) if np.all(np.isfinite(H)) else []
+    names += [k for k in at_bound if k not in names]
+    if not names:
+        return {}
+    return {"unidentified": names, "to_pin": {k: law.pin[k] for k in names if k in law.pin}}
 
 
 def _bootstrap_summary(law: Law, bt: np.ndarray, bv: np.ndarray) -> tuple[dict, dict]:

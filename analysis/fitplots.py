@@ -91,6 +91,13 @@ def plot_annealing(objs: dict, out: dict, path: str | Path) -> None:
     annealing.plot_annealing(out, objs["curves"], objs["held"], path)
 
 
+def plot_multipower(objs: dict, out: dict, path: str | Path) -> None:
+    """The multi-power law's curves (analysis/multipower.py)."""
+    from testbed.analysis import multipower
+
+    multipower.plot_multipower(out, objs["curves"], objs["held"], path)
+
+
 def plot_overtrain(objs: dict, out: dict, path: str | Path) -> None:
     """Loss vs compute per token multiplier (analysis/figures.py, Gadre et al. 2024)."""
     from testbed.analysis import figures

@@ -24,12 +24,14 @@ class Law:
     inputs: tuple[str, ...]  # DataFrame columns the law reads (analysis/load.py's standard names)
     raw: tuple[str, ...]  # the optimizer's parameters, in order
     grid: dict[str, tuple[float, ...]]  # start values per raw parameter (their product is the start grid)
-    log_predict: Callable  # (theta_raw[P], X[n, len(inputs)]) -> log L[n], jax-traceable
+    log_predict: Callable  # (theta_raw[P], X[n, >= len(inputs)]) -> log L[n], jax-traceable; a law may read
+    # columns after its inputs (analysis/multipower.py: each point's LR history)
     natural: Callable[[dict[str, float]], dict[str, float]]  # raw -> the formula's parameters
     derive: Callable[[dict[str, float]], dict[str, float]] = lambda p: {}
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # raw ranges that make sense (diagnostics)
     min_points: int = 0  # fewer usable points than this: refuse (0: one more than the parameters)
     positive: tuple[str, ...] | None = None  # inputs the law takes logs of, so must be > 0 (None: every input)
+    pin: dict[str, str] = field(default_factory=dict)  # raw parameter -> the data that would identify it
 
     def starts(self) -> np.ndarray:
         """The full start grid, [S, P] in raw space."""

@@ -99,7 +99,10 @@ ENTRIES = (
     _fit("envelope", "Approach 1: the lowest loss per compute over the runs' curves, N_opt(C)",
          ("run_id", "N", "tokens", "eval_loss|train_loss"), figure="optima"),
     _fit("annealing", "the LR-annealing law: whole loss curves from their LR schedules (Tissue et al. 2024)",
-         ("run_id", "step", "lr", "train_loss"), holdout=True),
+         ("run_id", "step", "lr", "eval_loss|train_loss"), holdout=True),
+    _fit("multipower", "the multi-power law: whole loss curves under any LR schedule, e.g. fit a constant and a "
+         "cosine run, predict WSD cooldowns (Luo et al. 2025)", ("run_id", "step", "lr", "eval_loss|train_loss"),
+         holdout=True),
     _fit("overtrain", "L(C, M) over token multipliers M = D/N (Gadre et al. 2024)", ("N", "D", "loss")),
     _fit("downstream", "downstream error from loss, Err = eps - k exp(-gamma L) (Gadre et al. 2024)",
          ("loss", "err")),

@@ -28,6 +28,10 @@ def format_text(out: dict) -> str:
                  + (f", bootstrap {d['bootstrap']['fit_s']}s" if "bootstrap" in d else ""))
     if "warning" in d:
         lines.append(f"  WARNING: {d['warning']}")
+    if d.get("unidentified"):
+        lines.append(f"  not pinned by these data: {', '.join(d['unidentified'])}")
+        lines += [f"    {hint} ({', '.join(k for k, h in d['to_pin'].items() if h == hint)})"
+                  for hint in dict.fromkeys(d.get("to_pin", {}).values())]
     for p in out.get("predict") or []:
         at = ", ".join(f"{k}={p[k]:.4g}" for k in p if k not in ("loss", "ci", "pi", "pi_level", "factor",
                                                                    "backtest_points"))
@@ -42,9 +46,11 @@ def format_text(out: dict) -> str:
         lines.append(f"  {note}")
     if "holdout" in out:
         h = out["holdout"]
-        if "runs" in h:  # annealing: whole curves predicted
+        if "runs" in h:  # curve laws: whole curves predicted
             lines.append(f"  held out {len(h['runs'])} run(s) ({h['expr']}): curves predicted with mean |rel error| "
-                         f"{h['mean_abs_rel_error']:.3%}")
+                         f"{h['mean_abs_rel_error']:.3%}; final loss observed -> predicted:")
+            lines += [f"    {r.get('label', rid)}: {r['final_loss']:.4f} -> {r['final_pred']:.4f} "
+                      f"({r['final_rel_error']:+.2%})" for rid, r in h["runs"].items()]
         else:
             lines.append(f"  held out {h['n_points']} ({h['expr']}): mean |rel error| "
                          f"{h['mean_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}")

@@ -1,6 +1,7 @@
 """The fits over a run table or its curves (not one Law through analysis/fit.py), as `testbed fit LAW` runs them:
-isoflop, envelope, annealing, overtrain, downstream, steplaw, critbatch. Each loads its rows (or curves), leaves out
-unusable runs, fits, and returns (the fit's JSON with the runs excluded, the objects its figure needs).
+isoflop, envelope, annealing, multipower, overtrain, downstream, steplaw, critbatch. Each loads its rows (or
+curves), leaves out unusable runs, fits, and returns (the fit's JSON with the runs excluded, the objects its figure
+needs).
 
 Every fit_* takes (data, columns, filter, bootstrap, seed, holdout, predict); analysis/registry.py lists them and
 refuses --predict/--holdout for those that cannot use them.
@@ -64,24 +65,45 @@ def fit_envelope(data, columns, filter, bootstrap, seed, holdout=None, predict=N
     return {**out, "excluded": excluded}, {"kind": "envelope", "curves": cur}
 
 
-def fit_annealing(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
-    """The LR-annealing law on full curves; --holdout selects runs whose curves are predicted, not fitted."""
+def _curve_law(name: str, module, data, columns, filter, bootstrap, holdout) -> tuple[dict, dict]:
+    """A curve law (annealing, multipower) on full curves; --holdout selects runs whose curves are predicted."""
     from testbed.analysis import annealing
 
     if bootstrap:
-        raise ConfigError("--bootstrap: not available for annealing yet (consecutive steps of one curve are not "
+        raise ConfigError(f"--bootstrap: not available for {name} yet (consecutive steps of one curve are not "
                           "independent points); use --holdout to check it on other runs' curves")
     cur, excluded = usable_curves(data, columns, filter)
     held: list[str] = []
     if holdout:
         held = sorted(set(cur.loc[holdout_mask(cur, holdout), "run_id"]))
     fit_ids = sorted(set(cur["run_id"]) - set(held))
-    out = annealing.fit_annealing(cur, fit_runs=fit_ids)
+    kw = {"lam": None} if name == "annealing" else {}  # lam searched over annealing.LAMS
+    try:
+        out = getattr(module, f"fit_{name}")(cur, fit_runs=fit_ids, **kw)
+    except ConfigError as e:
+        raise noting(e, excluded) from None
     if held:
-        pred = annealing.predict_runs(out, cur, held)
-        errs = [p["mean_abs_rel_error"] for p in pred.values()]
-        out["holdout"] = {"expr": holdout, "runs": pred, "mean_abs_rel_error": float(np.mean(errs))}
-    return {**out, "excluded": excluded}, {"kind": "annealing", "curves": cur, "held": held}
+        pred = module.predict_runs(out, cur, held)
+        labels = annealing.run_labels(cur)
+        pred = {rid: {"label": labels.get(str(rid), str(rid)), **p} for rid, p in pred.items()}
+        out["holdout"] = {"expr": holdout, "runs": pred,
+                          "mean_abs_rel_error": float(np.mean([p["mean_abs_rel_error"] for p in pred.values()])),
+                          "max_abs_final_rel_error": float(max(abs(p["final_rel_error"]) for p in pred.values()))}
+    return {**out, "excluded": excluded}, {"kind": name, "curves": cur, "held": held}
+
+
+def fit_annealing(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
+    """The LR-annealing law on full curves (analysis/annealing.py)."""
+    from testbed.analysis import annealing
+
+    return _curve_law("annealing", annealing, data, columns, filter, bootstrap, holdout)
+
+
+def fit_multipower(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
+    """The multi-power law on full curves (analysis/multipower.py)."""
+    from testbed.analysis import multipower
+
+    return _curve_law("multipower", multipower, data, columns, filter, bootstrap, holdout)
 
 
 def fit_overtrain(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
