@@ -24,7 +24,7 @@ def test_bench_json(cli):
     d = json.loads(r.stdout.strip().splitlines()[-1])
     for k in ("tokens_per_s", "step_s", "compile_s", "flops_per_token", "mfu", "peak_flops"):
         assert d[k] > 0, k
-    assert d["mfu"] < 1.5
+    assert d["mfu"] <= 1.0  # achieved FLOP/s over the matmul peak measured in the same run
 
 
 def test_bad_input_exits_2_and_writes_nothing(cli, tmp_path):

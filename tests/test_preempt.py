@@ -88,11 +88,14 @@ def test_requeue_exit_is_reported_incomplete_not_failed(tmp_path):
     assert RunDir(tmp_path).status() == "incomplete"
 
 
-def test_stop_request_restores_the_previous_handlers():
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+def test_stop_request_catches_each_stop_signal_and_restores_the_handlers(sig):
+    """Each documented stop signal sets the flag the loop polls (the end-to-end checkpoint-and-requeue path is
+    the same for all three; test_signal_checkpoints_... runs it for SIGTERM and SIGUSR1)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     with StopRequest() as stop:
         assert not stop()
-        signal.raise_signal(signal.SIGUSR1)
-        assert stop() and stop.describe() == "SIGUSR1"
+        signal.raise_signal(sig)
+        assert stop() and stop.describe() == sig.name
     assert {s: signal.getsignal(s) for s in before} == before
     assert StopRequest(also=lambda: True)()
