@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from testbed.launch import runner
+
+from testbed import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +28,6 @@ def train_compile_s(cfg: str, sets: list[str], out: Path, env: dict) -> float:
            *(x for kv in sets for x in ("--set", kv))]
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     return json.loads((out / "summary.json").read_text())["compile_s"]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def main() -> None:
@@ -55,7 +48,7 @@ def main() -> None:
             files = sum(1 for _ in (sweep_dir / runner.CACHE_DIR).iterdir())
             pairs.append({"cold_compile_s": round(cold, 3), "warm_compile_s": round(warm, 3),
                           "ratio": round(warm / cold, 3), "cache_files": files})
-    print(json.dumps({"config": args.config, "sets": args.sets, "cpu": cpu_model(), "cores": os.cpu_count(),
+    print(json.dumps({"config": args.config, "sets": args.sets, "machine": hardware.machine(),
                       "jax_platforms": os.environ.get("JAX_PLATFORMS", "(default)"), "pairs": pairs,
                       "loadavg": os.getloadavg()}, indent=2))
 

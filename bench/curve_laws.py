@@ -16,6 +16,8 @@ from pathlib import Path
 
 from testbed.analysis import load, schedulefit
 
+from testbed import hardware
+
 
 def markdown(df) -> str:
     """A DataFrame as a markdown table (pandas' to_markdown needs the tabulate package)."""
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     for r in table.to_dict("records"):
         print(json.dumps(r, default=str))
     summ = schedulefit.summary(table)
-    print(f"\n{len(table)} predictions in {time.perf_counter() - t0:.0f} s\n", file=sys.stderr)
+    print(json.dumps({"machine": hardware.machine(), "predictions": len(table),
+                      "wall_s": round(time.perf_counter() - t0, 1)}))
     print(markdown(summ))
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)

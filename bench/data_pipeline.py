@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
-from testbed import config
+from testbed import config, hardware
 from testbed.data import make_source
 
 
@@ -43,10 +42,10 @@ def main() -> None:
     for L in (int(x) for x in args.seq_len.split(",")):
         sets = [f"data.seq_len={L}", f"train.batch_size={args.batch_size}", "train.steps=1000"]
         cfg = config.load(None, sets)
-        print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": platform.machine()}))
+        print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": hardware.machine()}))
         if args.text:
             cfg = config.load(None, [*sets, "data.source=text", f"data.path={args.text}", "data.tokenizer=byte"])
-            print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": platform.machine()}))
+            print(json.dumps({**loader_tokens_per_s(cfg, args.seconds), "machine": hardware.machine()}))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed import config
+from testbed import config, hardware
 from testbed.shapes import ladder
 from testbed.train import train
 
@@ -55,7 +55,7 @@ def main() -> None:
     vs_n = [run_one(out, int(w), args.tokens, args.seq_len, args.batch) for w in args.widths.split(",")]
     vs_d = [run_one(out, args.d_width, int(t), args.seq_len, args.batch) for t in args.d_tokens.split(",")]
     print(json.dumps({
-        "vs_n": vs_n, "vs_d": vs_d,
+        "machine": hardware.machine(), "vs_n": vs_n, "vs_d": vs_d,
         "fit_excess_vs_n": loglog([r["params_nonembedding"] for r in vs_n], [r["excess"] for r in vs_n]),
         "fit_excess_vs_d": loglog([r["tokens"] for r in vs_d], [r["excess"] for r in vs_d]),
     }))

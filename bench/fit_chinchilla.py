@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from testbed.analysis import fit, laws
 
+from testbed import hardware
+
 CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "epoch_chinchilla" / "svg_extracted_data.csv"
 
 
@@ -30,7 +32,8 @@ def main() -> None:
     t0 = time.perf_counter()
     r = fit.fit(laws.CHINCHILLA, X, y, bootstrap=args.bootstrap)
     wall = time.perf_counter() - t0
-    print(json.dumps({"points": len(y), "starts": r.diagnostics["starts"], "bootstrap": args.bootstrap,
+    print(json.dumps({"machine": hardware.machine(), "points": len(y), "starts": r.diagnostics["starts"],
+                      "bootstrap": args.bootstrap,
                       "wall_s": round(wall, 2), "grid_fit_s": r.diagnostics["grid_fit_s"],
                       "bootstrap_s": r.diagnostics.get("bootstrap", {}).get("fit_s"), "params": r.params,
                       "ci": {k: r.ci[k] for k in r.params} if r.ci else None,

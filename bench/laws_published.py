@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from testbed.analysis import autofit, backtest, load
 
+from testbed import hardware
 from testbed.runstore import dumps
 
 MARIN = "N=parameter_count,D=throughput/total_tokens,loss=eval/paloma/macro_loss,C=throughput/total_gflops*1e9"
@@ -70,7 +71,7 @@ def main() -> int:
         rows = rows_of(args.data, name)
         bt = backtest.backtest(rows, bootstrap=args.bootstrap, progress=lambda m, s=name: print(f"{s}: {m}",
                                                                                                file=sys.stderr))
-        res = {"set": name, "n_points": len(rows), "backtest": bt}
+        res = {"set": name, "n_points": len(rows), "backtest": bt, "machine": hardware.machine()}
         if args.evaluate:
             res["evaluate"] = autofit.evaluate(rows, bootstrap=args.bootstrap,
                                                progress=lambda m, s=name: print(f"{s} (evaluate): {m}",
@@ -82,7 +83,7 @@ def main() -> int:
         summary = {law: {k: r.get(k) for k in ("n_points", "median_abs_rel_error", "worst_abs_rel_error", "bias",
                                                "ci_coverage", "pi_coverage_loco", "factor_range")}
                    for law, r in bt["laws"].items()}
-        line = {"set": name, "n_points": len(rows), "cuts": len(bt["cuts"]), "laws": summary,
+        line = {"set": name, "machine": res["machine"], "n_points": len(rows), "cuts": len(bt["cuts"]), "laws": summary,
                 "skipped": bt["skipped"], "wall_s": res["wall_s"]}
         if args.evaluate:
             ev = res["evaluate"]

@@ -19,7 +19,7 @@ import sys
 
 from testbed.launch.layout import candidates, cores_available, measure, report
 
-from testbed import config
+from testbed import config, hardware
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         for k in packs:
             mine = {lay: r for lay, r in results.items() if lay in candidates(k, len(cores))}
             print(json.dumps({**report(cfg, k, mine, len(cores)), "loadavg_before": load,
-                              "loadavg_after": os.getloadavg()}), flush=True)
+                              "loadavg_after": os.getloadavg(), "machine": hardware.machine()}), flush=True)
 
 
 if __name__ == "__main__":

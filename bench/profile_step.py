@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from testbed import config
+from testbed import config, hardware
 from testbed.model import init_params, param_info
 from testbed.optim import make_optimizer
 from testbed.train import init_state, make_train_step
@@ -81,7 +81,7 @@ def main() -> None:
         kind, op_name = meta[name]
         per_cat[category(op_name, name if name.startswith(("ynn", "xnn", "dot")) else kind)] += ms
     total = sum(per_cat.values())
-    print(json.dumps({"total_op_ms": round(total, 1),
+    print(json.dumps({"machine": hardware.machine(), "total_op_ms": round(total, 1),
                       "by_category_ms": {k: round(v, 1) for k, v in per_cat.most_common()},
                       "by_category_pct": {k: round(100 * v / total, 1) for k, v in per_cat.most_common()},
                       "top_ops": [(k, round(v, 2), meta[k][1][-60:]) for k, v in per_op.most_common(10)]}))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
+
+from testbed import hardware
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         "E": s["chinchilla"]["params"]["E"], "data_entropy": s["data_entropy"],
         "holdout": {k: h.get(k) for k in ("width", "C", "predicted_loss", "predicted_ci", "observed_loss",
                                           "rel_error", "inside_ci")},
-        "cpus": os.cpu_count(), "machine": platform.machine(),
+        "machine": hardware.machine(),
     }))
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from testbed import hardware
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,7 +60,8 @@ def main() -> None:
     seq_s, _ = sweep(spec, out / "sequential", "--workers", "1", "--pack", "1")
     lay_s, log = sweep(spec, out / "layout")  # auto: the layout just measured, from the cache
     line = next((s for s in log.splitlines() if "layout" in s), "")
-    print(json.dumps({"runs": args.runs, "d_model": args.d_model, "steps": args.steps, "tokens": tokens,
+    print(json.dumps({"machine": hardware.machine(), "runs": args.runs, "d_model": args.d_model, "steps": args.steps,
+                      "tokens": tokens,
                       "layout": best.name, "measure_s": round(t_measure, 1),
                       "sequential_wall_s": round(seq_s, 1), "layout_wall_s": round(lay_s, 1),
                       "sequential_tokens_per_s": round(tokens / seq_s), "layout_tokens_per_s": round(tokens / lay_s),

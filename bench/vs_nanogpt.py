@@ -17,6 +17,8 @@ import json
 import subprocess
 import sys
 
+from testbed import hardware
+
 TORCH_STEP = r'''
 import json, math, sys, time
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -91,7 +93,8 @@ def main() -> None:
                        "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"]})
         print(json.dumps(rounds[-1]), flush=True)
     ratios = sorted(r["ratio"] for r in rounds)
-    print(json.dumps({"median_ratio_testbed_over_nanogpt": ratios[len(ratios) // 2], "rounds": len(rounds),
+    print(json.dumps({"machine": hardware.machine(),
+                      "median_ratio_testbed_over_nanogpt": ratios[len(ratios) // 2], "rounds": len(rounds),
                       "torch": theirs["torch"], "torch_threads": theirs["threads"], "mfu": ours["mfu"]}))
 
 

@@ -55,6 +55,25 @@ def devices() -> dict:
             "local_device_count": jax.local_device_count(), "process_count": jax.process_count()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` (else /proc/cpuinfo, else platform) reports it: timings name their machine."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return host.processor() or host.machine()
+
+
+def machine() -> dict:
+    """The machine a measurement ran on, for every benchmark's JSON: CPU model, logical cores, architecture."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": host.machine()}
+
+
 def versions() -> dict:
     """Python and the installed versions of the packages a run's numbers depend on."""
     out = {"python": host.python_version()}
@@ -151,7 +170,7 @@ def describe(seen: dict) -> str:
 def report() -> dict:
     """`testbed env`: devices, versions, the machine, and a hint when accelerators go unused."""
     seen = devices()
-    out = {**seen, "versions": versions(), "host": host.node(), "machine": host.machine(),
+    out = {**seen, "versions": versions(), "host": host.node(), "machine": host.machine(), "cpu": cpu_model(),
            "jax_platforms": os.environ.get("JAX_PLATFORMS") or None, "nvidia_gpus": len(nvidia_smi())}
     out["hint"] = hint(seen)
     return out
@@ -160,7 +179,7 @@ def report() -> dict:
 def format_report(r: dict) -> str:
     """`testbed env` as a few lines."""
     lines = [f"{'platform':17s} {describe(r)}", f"{'local devices':17s} {r['local_device_count']}",
-             f"{'host':17s} {r['host']} ({r['machine']})"]
+             f"{'host':17s} {r['host']} ({r['machine']}, {r.get('cpu', '?')})"]
     lines += [f"{name:17s} {v}" for name, v in r["versions"].items()]
     if r["hint"]:
         lines.append(f"WARNING: {r['hint']}")

@@ -79,6 +79,7 @@ def bench_train_step(cfg: Config, steps: int = 10) -> dict:
         "mfu_datasheet": achieved / datasheet if datasheet else None, "params_total": acc.params_total,
         "device": str(jax.devices()[0]), "device_kind": kind, "backend": jax.default_backend(),
         "attention": attention_impl(cfg), "dtype": cfg.train.compute_dtype, "steps_timed": steps,
+        "machine": hardware.machine(),
     }
 
 

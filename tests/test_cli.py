@@ -25,6 +25,7 @@ def test_bench_json(cli):
     for k in ("tokens_per_s", "step_s", "compile_s", "flops_per_token", "mfu", "peak_flops"):
         assert d[k] > 0, k
     assert d["mfu"] <= 1.0  # achieved FLOP/s over the matmul peak measured in the same run
+    assert d["machine"]["cpu"] and d["machine"]["cores"] >= 1  # every benchmark names its machine
 
 
 def test_bad_input_exits_2_and_writes_nothing(cli, tmp_path):

@@ -92,6 +92,13 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
     assert r2.returncode == 0, r2.stderr
     assert not (out / "figures" / "compute.png").exists() and (out / "figures" / "curves.png").exists()
     assert not list(tmp_path.glob(".report.*"))
+    # without --out the page goes to SWEEP_DIR/report, which the sweep's readers do not take for a run
+    from testbed.analysis import load
+
+    n_runs = len(load.load(sweep))
+    r3 = cli("report", str(sweep), "--kinds", "curves")
+    assert r3.returncode == 0, r3.stderr
+    assert (sweep / "report" / "index.html").is_file() and len(load.load(sweep)) == n_runs
 
 
 def test_report_bad_input_exits_2_and_writes_nothing(tmp_path, cli):

@@ -90,7 +90,8 @@ def cmd_report(args) -> int:
     from testbed.analysis import html
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else html.REPORT_KINDS
-    out = html.build(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed, kinds=kinds,
+    out_dir = args.out or Path(args.sweep_dir) / "report"
+    out = html.build(args.sweep_dir, out_dir, bootstrap=args.bootstrap, seed=args.seed, kinds=kinds,
                      holdout=args.holdout, progress=stderr)
     print(dumps(out) if args.json else html.format_built(out))
     return 0
@@ -196,7 +197,7 @@ COMMANDS = (
     ), cmd_plot),
     Command("report", "a static HTML report of a sweep: run table, fits with CIs, figures, warnings", (
         arg("sweep_dir", help="a sweep directory written by testbed sweep"),
-        arg("--out", required=True, help="output directory (index.html, figures/, report.json)"),
+        arg("--out", help="output directory (index.html, figures/, report.json); default SWEEP_DIR/report"),
         arg("--bootstrap", type=int, default=200, metavar="K", help="resamples for CIs and bands"),
         arg("--holdout", help="runs to hold out for the predicted-vs-observed figure (default: the "
             "largest-compute fifth)"),
