@@ -95,7 +95,7 @@ def run_rows(g: pd.DataFrame, metric: str, skip_steps: int, warmup_steps: int | 
 
     per_octave: drops further back than EXACT_LAGS updates are summed in bins of lag, per_octave per doubling, each
     at its drop-weighted eta_k and S_k(t) (None: every drop its own term, exact). A cosine of 2,000 updates has
-    ~2,000 drops but at most 8 + 8 log2(2000 / 8) = 72 bins; the binned law is within ~2e-5 of the exact one (tested).
+    ~2,000 drops but at most 8 + 8 log2(2000 / 8) = 72 bins; the binned law is within 3e-5 of the exact one (tested).
     """
     step, done, lr_all, y = annealing.lr_history(g, metric, skip_steps)
     w = annealing._warmup_of(g, warmup_steps)

@@ -86,13 +86,16 @@ def test_cli_fit_farseer_reports_chinchilla_on_the_same_held_out_points(tmp_path
 
 @pytest.mark.skipif(not EPOCH_CSV.is_file(), reason=f"{EPOCH_CSV} not present (Epoch AI's Chinchilla extraction)")
 def test_epoch_points_farseer_extrapolates_better_than_chinchilla_to_the_largest_budgets():
-    """Epoch's 240 points, fit on C <= 1e21, predict the 23 above: Farseer 0.47%, Chinchilla 1.05% mean error."""
+    """Epoch's 240 points, fit on C <= 1e21, predict the 23 above. The claim (README): Farseer extrapolates with
+    less than half Chinchilla's error, mean and worst (measured 0.47% vs 1.05%, worst 1.2% vs 2.8%); no published
+    value exists for this split, so the test holds the comparison, not our own numbers."""
     df = pd.read_csv(EPOCH_CSV).sort_values("loss").iloc[:-5]
     N, C = df["Model Size"].to_numpy(float), df["Training FLOP"].to_numpy(float)
     X, y = np.stack([N, C / (6 * N)], 1), df["loss"].to_numpy(float)
     m = C > 1e21
     far, chin = FS.fit_farseer(X[~m], y[~m]), F.fit(laws.CHINCHILLA, X[~m], y[~m])
     assert far.diagnostics["converged"] and chin.diagnostics["converged"]
-    e_far = np.mean(np.abs(far.predict(X[m]) / y[m] - 1))
-    e_chin = np.mean(np.abs(chin.predict(X[m]) / y[m] - 1))
-    assert m.sum() == 23 and e_far == pytest.approx(0.0047, abs=0.001) and e_chin == pytest.approx(0.0105, abs=0.001)
+    e_far, e_chin = np.abs(far.predict(X[m]) / y[m] - 1), np.abs(chin.predict(X[m]) / y[m] - 1)
+    assert m.sum() == 23
+    assert e_far.mean() < 0.5 * e_chin.mean() and e_far.max() < 0.5 * e_chin.max()
+    assert e_far.mean() < 0.006 and e_far.max() < 0.015  # README: 0.47% mean, 1.2% worst

@@ -69,10 +69,10 @@ def test_rows_reproduce_the_papers_sum():
            "log_C": np.log(TRUE["C"]), "beta": TRUE["beta"], "gamma": TRUE["gamma"]}
     truth = mpl_loop(TRUE, lr, WARMUP)
     np.testing.assert_allclose(fit.predict(MP.MULTIPOWER, raw, MP.to_matrix(rows)), truth, rtol=1e-10)
-    # the default rows bin old drops by lag: far fewer terms, the same law to ~2e-5
+    # the default rows bin old drops by lag: far fewer terms, the same law to 3e-5
     _, binned, _ = MP.run_rows(g, "eval_loss", 0, None)
     assert max(len(r[1]) for r in binned) < 70 < max(len(r[1]) for r in rows)
-    np.testing.assert_allclose(fit.predict(MP.MULTIPOWER, raw, MP.to_matrix(binned)), truth, rtol=5e-5)
+    np.testing.assert_allclose(fit.predict(MP.MULTIPOWER, raw, MP.to_matrix(binned)), truth, rtol=3e-5)
     # a constant LR after warmup has no drops: only the S1 term
     assert all(len(r[1]) == 0 for r in MP.run_rows(g.assign(lr=PEAK), "eval_loss", 0, 0)[1])
 
