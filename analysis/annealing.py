@@ -27,6 +27,8 @@ from testbed.analysis.laws import Law
 from testbed.config import ConfigError
 
 LAMS = (0.99, 0.995, 0.999, 0.9995)  # lam=None: the grid searched, the lowest objective wins
+# what pins the S1 term's parameters when a curve law's fit cannot (Law.pin; analysis/multipower.py shares it)
+S1_TERM_PIN = "longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)"
 FLOOR = 1e-9  # the predictor floors L here: log L stays finite where a start's parameters make L <= 0
 
 
@@ -67,8 +69,7 @@ ANNEALING = Law(
     natural=lambda p: {"L0": p["L0"], "A": float(np.exp(p["log_A"])), "alpha": p["alpha"], "C": p["C"]},
     bounds={"L0": (0.0, np.inf), "alpha": (0.0, 3.0), "C": (0.0, np.inf)},  # outside: listed in at_bound
     positive=("S1",),  # S2 is 0 until the LR first drops
-    pin={k: ("longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)")
-         for k in ("L0", "log_A", "alpha")}
+    pin=dict.fromkeys(("L0", "log_A", "alpha"), S1_TERM_PIN)
     | {"C": "a run whose LR decays (a cosine or a WSD cooldown) among the fitted curves: its drop sets C"},
 )
 
@@ -88,7 +89,7 @@ def _fit(X: np.ndarray, y: np.ndarray) -> fit.FitResult:
     return fit.fit(ANNEALING, X, y, starts=_starts(X, y))
 
 
-def _warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:
+def warmup_of(g: pd.DataFrame, warmup_steps: int | None) -> int:
     """The given warmup, else the run's optim.warmup_steps config column, else 0."""
     if warmup_steps is not None:
         return int(warmup_steps)
@@ -120,7 +121,7 @@ def lr_history(g: pd.DataFrame, metric: str, skip_steps: int):
 def _run_series(g: pd.DataFrame, metric: str, lam: float, skip_steps: int, warmup_steps: int | None):
     """One run's (steps, S1, S2, loss) at its logged steps with a finite metric, past skip_steps, with S1 > 0."""
     step, done, lr_all, y = lr_history(g, metric, skip_steps)
-    S1, S2 = areas(lr_all, lam, _warmup_of(g, warmup_steps))
+    S1, S2 = areas(lr_all, lam, warmup_of(g, warmup_steps))
     keep = S1[done - 1] > 0
     return step[keep], S1[done - 1][keep], S2[done - 1][keep], y[keep]
 
@@ -177,14 +178,14 @@ def errors(step: np.ndarray, pred: np.ndarray, y: np.ndarray) -> dict:
             "final_loss": float(y[last]), "final_pred": float(pred[last])}
 
 
-def fit_annealing(curves_df: pd.DataFrame, *, metric: str | None = None, lam: float | None = 0.999,
+def fit_annealing(curves_df: pd.DataFrame, *, metric: str | None = None, lam: float | None = None,
                   fit_runs: Iterable[str] | None = None, skip_steps: int = 0,
                   warmup_steps: int | None = None) -> dict:
     """Fit the law to the full curves of runs (all, or those in fit_runs) from load.curves(); `testbed fit` JSON.
 
-    metric: None picks eval_loss where every run logs enough of it (curve_metric). lam: fixed; None searches LAMS
-    and keeps the lowest objective (diagnostics.lam_search). skip_steps drops logged steps <= it. warmup_steps:
-    None reads each run's optim.warmup_steps column (else 0).
+    metric: None picks eval_loss where every run logs enough of it (curve_metric). lam: None (default) searches
+    LAMS and keeps the lowest objective (diagnostics.lam_search); a number fixes it. skip_steps drops logged steps
+    <= it. warmup_steps: None reads each run's optim.warmup_steps column (else 0).
     """
     df = select_runs(curves_df, fit_runs, "annealing")
     metric = curve_metric(df) if metric is None else metric

@@ -31,9 +31,7 @@ EXACT_LAGS, PER_OCTAVE = 8, 8  # run_rows: the last 8 drops exact, older ones bi
 SCREEN_KEEP = 8  # starts kept for Newton after screening the data-scaled grid by objective
 
 PIN = {  # what data pins each parameter when a fit cannot (diagnostics["to_pin"])
-    "L0": "longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)",
-    "log_A": "longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)",
-    "alpha": "longer curves: L0, A and alpha trade off until the S1 term flattens (more updates at a high LR)",
+    **dict.fromkeys(("L0", "log_A", "alpha"), annealing.S1_TERM_PIN),
     "log_B": "a cooldown to a low final LR in the fitted runs: the size of its loss drop sets B (B and beta trade "
              "off while beta -> 0: then the drops' payoffs must differ in how they saturate, see beta)",
     "log_C": "cooldowns of different lengths (e.g. a cosine and a short WSD cooldown): how fast a drop's payoff "
@@ -98,7 +96,7 @@ def run_rows(g: pd.DataFrame, metric: str, skip_steps: int, warmup_steps: int | 
     ~2,000 drops but at most 8 + 8 log2(2000 / 8) = 72 bins; the binned law is within 3e-5 of the exact one (tested).
     """
     step, done, lr_all, y = annealing.lr_history(g, metric, skip_steps)
-    w = annealing._warmup_of(g, warmup_steps)
+    w = annealing.warmup_of(g, warmup_steps)
     eta, peak, s_w = _warmup_area(lr_all, w)
     cs = np.cumsum(eta)
     drop = np.r_[peak - eta[0], eta[:-1] - eta[1:]]  # d_k at index k - 1
@@ -138,14 +136,13 @@ def _starts(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     d, eta, sk = X[:, 1:1 + K], X[:, 1 + K:1 + 2 * K], X[:, 1 + 2 * K:]
     peak = float(np.abs(d).sum(axis=1).max()) or 1.0
     mask = (d != 0) & (sk > 0) & (eta > 0)
-    out = []
-    for f, alpha, ka, kb, kc, beta, gamma in itertools.product((0.5, 0.8, 0.95), (0.3, 0.6), (-1.0, 1.0),
-                                                               (-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (0.4, 1.0),
-                                                               (0.3, 0.6)):
-        xs = eta[mask] ** -gamma * sk[mask]
-        c0 = -np.log(float(np.median(xs))) if xs.size else 0.0
-        out.append([lo * f, np.log(span) + alpha * np.log(s1_med) + ka, alpha, np.log(span / peak) + kb,
-                    c0 + kc, beta, gamma])
+    gammas = (0.3, 0.6)
+    c0 = {g: -np.log(float(np.median(eta[mask] ** -g * sk[mask]))) if mask.any() else 0.0 for g in gammas}
+    out = [[lo * f, np.log(span) + alpha * np.log(s1_med) + ka, alpha, np.log(span / peak) + kb, c0[gamma] + kc, beta,
+            gamma]
+           for f, alpha, ka, kb, kc, beta, gamma in itertools.product((0.5, 0.8, 0.95), (0.3, 0.6), (-1.0, 1.0),
+                                                                      (-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (0.4, 1.0),
+                                                                      gammas)]
     return np.array(out)
 
 

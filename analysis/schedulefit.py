@@ -18,16 +18,15 @@ from testbed.analysis import annealing, multipower
 
 from testbed.config import ConfigError
 
-LAWS = {"annealing": (lambda c, ids: annealing.fit_annealing(c, fit_runs=ids, lam=None), annealing.predict_runs),
+LAWS = {"annealing": (lambda c, ids: annealing.fit_annealing(c, fit_runs=ids), annealing.predict_runs),
         "multipower": (lambda c, ids: multipower.fit_multipower(c, fit_runs=ids), multipower.predict_runs)}
 
 
 BASELINE = "no law (mean of the fitted finals)"
 
 
-def final_losses(c: pd.DataFrame) -> dict[str, float]:
-    """run_id -> the curve metric's value at the run's last logged step (the loss a schedule ends at)."""
-    metric = annealing.curve_metric(c)
+def final_losses(c: pd.DataFrame, metric: str) -> dict[str, float]:
+    """run_id -> the metric's value at the run's last logged step (the loss a schedule ends at)."""
     last = c[pd.to_numeric(c[metric], errors="coerce").notna()].sort_values("step").groupby("run_id").last()
     return {str(r): float(v) for r, v in last[metric].items()}
 
@@ -44,7 +43,8 @@ def cross_schedule(curves_df: pd.DataFrame, laws: Iterable[str] = tuple(LAWS), b
         raise ConfigError(f"by: no column {by!r} in the curves (e.g. seed, model.d_model)")
     rows = []
     for key, c in (curves_df.groupby(by, sort=True) if by else [(None, curves_df)]):
-        labels = annealing.run_labels(c)
+        labels, metric = annealing.run_labels(c), annealing.curve_metric(c)
+        finals = final_losses(c, metric)
         runs = {labels[str(r)]: str(r) for r in c["run_id"].unique()}
         if len(runs) < 3:
             raise ConfigError(f"{by}={key}: {len(runs)} schedules; fitting two and predicting another needs >= 3")
@@ -55,13 +55,12 @@ def cross_schedule(curves_df: pd.DataFrame, laws: Iterable[str] = tuple(LAWS), b
                 raise ConfigError(f"pairs: no run labelled {missing} (labels: {sorted(runs)})")
             fit_ids = [runs[p] for p in pair]
             others = [r for lab, r in runs.items() if lab not in pair]
-            finals = final_losses(c)
             for rid in others:  # the bar a law must clear: no law, the fitted runs' mean final loss
                 base = float(np.mean([finals[f] for f in fit_ids]))
                 rows.append({"group": key, "law": BASELINE, "fitted": " + ".join(pair), "predicted": labels[rid],
                              "final_loss": finals[rid], "final_pred": base, "final_rel_error": base / finals[rid] - 1,
                              "mean_abs_rel_error": np.nan, "converged": True, "unidentified": "",
-                             "metric": annealing.curve_metric(c)})
+                             "metric": metric})
             for law in laws:
                 fit_fn, predict = LAWS[law]
                 res = fit_fn(c, fit_ids)

@@ -77,9 +77,8 @@ def _curve_law(name: str, module, data, columns, filter, bootstrap, holdout) -> 
     if holdout:
         held = sorted(set(cur.loc[holdout_mask(cur, holdout), "run_id"]))
     fit_ids = sorted(set(cur["run_id"]) - set(held))
-    kw = {"lam": None} if name == "annealing" else {}  # lam searched over annealing.LAMS
     try:
-        out = getattr(module, f"fit_{name}")(cur, fit_runs=fit_ids, **kw)
+        out = getattr(module, f"fit_{name}")(cur, fit_runs=fit_ids)
     except ConfigError as e:
         raise noting(e, excluded) from None
     if held:

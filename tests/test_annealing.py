@@ -70,7 +70,7 @@ def synthetic_curves(params=TRUE, lam=0.999, noise=1e-4, seed=0, every=1) -> pd.
 @pytest.fixture(scope="module")
 def cosine_fit():
     df = synthetic_curves()
-    return df, AN.fit_annealing(df, fit_runs=["cos"], metric="train_loss")  # the noisy metric, S1 = 0 at step 1
+    return df, AN.fit_annealing(df, fit_runs=["cos"], metric="train_loss", lam=0.999)  # noisy metric, S1 = 0 at step 1
 
 
 # --- areas ----------------------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_real_runs_fit_one_seed_predict_the_other(real_runs):
     df["train_loss"] = df.groupby("run_id")["train_loss"].transform(
         lambda s: s.rolling(31, center=True, min_periods=31).mean())
     warm = int(pd.to_numeric(df.get("optim.warmup_steps", pd.Series([0]))).fillna(0).max())
-    res = AN.fit_annealing(df, fit_runs=[pair[0]], skip_steps=warm)
+    res = AN.fit_annealing(df, fit_runs=[pair[0]], skip_steps=warm, lam=0.999)
     assert np.all(np.isfinite(list(res["params"].values()))) and "converged" in res["diagnostics"]
     assert res["diagnostics"]["mean_abs_rel_error"] < 0.03
     pred = AN.predict_runs(res, df, [pair[1]], skip_steps=warm)[pair[1]]

@@ -96,7 +96,7 @@ def test_annealing_law_predicts_less_well_than_multipower(fitted):
     """On data the multi-power law generated, the annealing law (4 parameters) fitted on the same two curves misses
     the WSD cooldowns by more: the comparison docs/laws.md makes on real runs."""
     df, res = fitted
-    an = AN.fit_annealing(df, fit_runs=["constant", "cosine"])
+    an = AN.fit_annealing(df, fit_runs=["constant", "cosine"], lam=0.999)
     assert an["diagnostics"]["metric"] == "eval_loss"
     e_an = AN.predict_runs(an, df, ["wsd_linear"])["wsd_linear"]["mean_abs_rel_error"]
     e_mp = MP.predict_runs(res, df, ["wsd_linear"])["wsd_linear"]["mean_abs_rel_error"]
