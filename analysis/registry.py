@@ -27,6 +27,7 @@ class Entry:
     format: Callable[[dict], str]  # the fit's JSON as a few lines of text
     point: bool = False  # a Law fitted point by point (analysis/pointfit.py): --predict applies
     holdout: bool = False  # --holdout applies (held-out points, or annealing's held-out curves)
+    objective: bool = False  # --objective applies (analysis/fit.py's OBJECTIVES)
 
 
 def _point(name: str) -> Fit:
@@ -103,9 +104,10 @@ ENTRIES = (
     _fit("multipower", "the multi-power law: whole loss curves under any LR schedule, e.g. fit a constant and a "
          "cosine run, predict WSD cooldowns (Luo et al. 2025)", ("run_id", "step", "lr", "eval_loss|train_loss"),
          holdout=True),
-    _fit("overtrain", "L(C, M) over token multipliers M = D/N (Gadre et al. 2024)", ("N", "D", "loss")),
+    _fit("overtrain", "L(C, M) over token multipliers M = D/N (Gadre et al. 2024)", ("N", "D", "loss"),
+         objective=True),
     _fit("downstream", "downstream error from loss, Err = eps - k exp(-gamma L) (Gadre et al. 2024)",
-         ("loss", "err")),
+         ("loss", "err"), objective=True),
     _fit("steplaw", "optimal LR and batch size vs N and D from LR x batch sweeps (Step Law, Li et al. 2025)",
          ("N", "D", "lr", "bs", "loss")),
     _fit("critbatch", "the critical batch size per target loss, B_crit(L) (Kaplan et al. 2020)",
@@ -131,10 +133,17 @@ def _listing(items: list[str]) -> str:
 
 def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, filter: str | None = None,
         bootstrap: int = 0, holdout: str | None = None, seed: int = 0, predict: str | None = None,
-        laws: str | None = None) -> tuple[dict, dict]:
+        laws: str | None = None, objective: str = "huber") -> tuple[dict, dict]:
     """`testbed fit LAW DATA`: the fit's JSON (law, params, ci, derived, diagnostics, n_points, excluded, ...) and
     the objects its figure needs (`plot`)."""
     entry = get(law_name)
+    kw = {}
+    if objective != "huber":
+        if not entry.objective:
+            raise ConfigError(f"--objective {objective}: only for "
+                              f"{_listing([e.name for e in ENTRIES if e.objective])} (the other laws fit Huber on "
+                              "log residuals); drop --objective")
+        kw["objective"] = objective
     if law_name == "auto":
         out, objs = entry.fit(data, columns, filter, bootstrap, seed, holdout, predict, laws)
         return out, {**objs, "fit": law_name}
@@ -146,7 +155,7 @@ def run(law_name: str, data: str | Path, columns: dict[str, str] | None = None, 
         if holdout:
             raise ConfigError(f"--holdout: not supported for {law_name} (it fits power laws through per-budget "
                               "optima); use chinchilla or kaplan for held-out checks")
-    out, objs = entry.fit(data, columns, filter, bootstrap, seed, holdout, predict)
+    out, objs = entry.fit(data, columns, filter, bootstrap, seed, holdout, predict, **kw)
     return out, {**objs, "fit": law_name}
 
 

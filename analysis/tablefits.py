@@ -105,22 +105,24 @@ def fit_multipower(data, columns, filter, bootstrap, seed, holdout=None, predict
     return _curve_law("multipower", multipower, data, columns, filter, bootstrap, holdout)
 
 
-def fit_overtrain(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
+def fit_overtrain(data, columns, filter, bootstrap, seed, holdout=None, predict=None,
+                  objective="huber") -> tuple[dict, dict]:
     """Gadre et al.'s L(C, M), M = D / N, C = 6ND."""
     from testbed.analysis import overtrain
 
     rows, excluded = load.usable(load.load(data, columns=columns, filter=filter))
-    return {**overtrain.fit_overtrain(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "overtrain",
-                                                                                       "rows": rows}
+    out = overtrain.fit_overtrain(rows, bootstrap, seed=seed, objective=objective)
+    return {**out, "excluded": excluded}, {"kind": "overtrain", "rows": rows}
 
 
-def fit_downstream(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:
+def fit_downstream(data, columns, filter, bootstrap, seed, holdout=None, predict=None,
+               objective="huber") -> tuple[dict, dict]:
     """Err = eps - k exp(-gamma L): needs an `err` column (--columns err=COL)."""
     from testbed.analysis import overtrain
 
     rows, excluded = load.usable(load.load(data, columns=columns, filter=filter))
-    return {**overtrain.fit_downstream(rows, bootstrap, seed=seed), "excluded": excluded}, {"kind": "downstream",
-                                                                                        "rows": rows}
+    out = overtrain.fit_downstream(rows, bootstrap, seed=seed, objective=objective)
+    return {**out, "excluded": excluded}, {"kind": "downstream", "rows": rows}
 
 
 def fit_steplaw(data, columns, filter, bootstrap, seed, holdout=None, predict=None) -> tuple[dict, dict]:

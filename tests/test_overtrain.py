@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import least_squares
 from testbed.analysis import fit as F
 from testbed.analysis import overtrain as OT
 
@@ -137,13 +136,6 @@ def gadre_sets(dataset: str = "rpj"):
     return loss_rows, err_rows, held
 
 
-def least_squares_refit(law, raw: dict[str, float], X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The authors' objective (plain least squares on L or Err, scipy LM) on OUR law, from `raw`."""
-    s = least_squares(lambda th: F.predict(law, dict(zip(law.raw, th, strict=True)), X) - y,
-                      np.array([raw[k] for k in law.raw]), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
-    return law.natural(dict(zip(law.raw, map(float, s.x), strict=True)))
-
-
 def rel_errors_pct(loss_params, err_params, held) -> tuple[np.ndarray, np.ndarray]:
     loss = OT.OVERTRAIN  # predicted loss, then predicted error at the predicted loss (as the notebook chains them)
     raw = {"log_E": np.log(loss_params["E"]), "log_a": np.log(loss_params["a"]), "log_b": np.log(loss_params["b"]),
@@ -157,16 +149,18 @@ def rel_errors_pct(loss_params, err_params, held) -> tuple[np.ndarray, np.ndarra
 def test_reproduces_gadre_over_training_and_downstream_predictions():
     loss_rows, err_rows, held = gadre_sets("rpj")
     assert len(held) == 2
-    ours, res = OT.fit_overtrain(loss_rows, return_result=True)
-    down, dres = OT.fit_downstream(err_rows, return_result=True)
+    ours, down = OT.fit_overtrain(loss_rows), OT.fit_downstream(err_rows)
     assert ours["diagnostics"]["converged"] and down["diagnostics"]["converged"]
     pub_loss = np.array([v[0] for v in PUBLISHED.values()])
     pub_err = np.array([v[1] for v in PUBLISHED.values()])
 
-    # (1) exact: the authors' objective (least squares on L, then on Err) applied to our laws, started from our
-    # fits, lands on the NOTES' parameters and the notebook's four numbers, printed to 4 decimals (tol 5e-4 pp)
-    ls = least_squares_refit(OT.OVERTRAIN, res.raw, OT.overtrain_inputs(loss_rows), loss_rows["loss"].to_numpy())
-    ls_down = least_squares_refit(OT.DOWNSTREAM, dres.raw, err_rows[["loss"]].to_numpy(), err_rows["err"].to_numpy())
+    # (1) exact: the product's objective="lsq" (the authors' least squares on L, then on Err), fitted from the law's
+    # own start grid, lands on the NOTES' parameters and the notebook's four numbers, printed to 4 decimals
+    ls = OT.fit_overtrain(loss_rows, objective="lsq")
+    ls_down = OT.fit_downstream(err_rows, objective="lsq")
+    assert ls["diagnostics"]["converged"] and ls_down["diagnostics"]["converged"]
+    assert ls["diagnostics"]["objective"] == ls_down["diagnostics"]["objective"] == "lsq"
+    ls, ls_down = ls["params"], ls_down["params"]
     d = OT.overtrain_derived(ls)  # the repo's (alpha, beta, c, E) = our (A, b, -2 eta, E)
     assert (d["A"], ls["b"], -2 * ls["eta"], ls["E"]) == pytest.approx((166.2, 366.7, -0.2729, 1.837), abs=6e-4,
                                                                       rel=5e-4)
@@ -194,8 +188,42 @@ def test_reproduces_gadre_over_training_and_downstream_predictions():
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} absent (Gadre et al. reference data not available)")
 def test_reproduces_gadre_exponents_on_c4_and_refinedweb():
     """NOTES.md: the same least-squares fit gives c = -0.2425, E = 1.508 (C4) and c = -0.2544, E = 1.734 (RW)."""
-    start = {"log_E": 0.6, "log_a": 5.36, "log_b": 5.9, "eta": 0.136}  # near the RedPajama optimum
     for dataset, (c, E) in {"c4_original": (-0.2425, 1.508), "rw_original": (-0.2544, 1.734)}.items():
         rows = gadre_sets(dataset)[0]
-        ls = least_squares_refit(OT.OVERTRAIN, start, OT.overtrain_inputs(rows), rows["loss"].to_numpy())
+        ls = OT.fit_overtrain(rows, objective="lsq")["params"]
         assert (-2 * ls["eta"], ls["E"]) == pytest.approx((c, E), abs=6e-4), dataset
+
+
+def test_fit_cli_objective_lsq_fits_the_loss_itself_and_is_refused_for_other_laws(tmp_path, cli):
+    """`testbed fit overtrain --objective lsq` minimizes squared error in L (not Huber on log L), says so in its
+    JSON, and on noisy data lands nearer the least-squares optimum than the Huber fit does."""
+    import json
+
+    from scipy.optimize import least_squares
+
+    df = overtrain_points(noise=5e-3, seed=3)
+    csv = tmp_path / "ot.csv"
+    df.to_csv(csv, index=False)
+
+    r = cli("fit", "overtrain", str(csv), "--json", "--objective", "lsq")
+    assert r.returncode == 0, r.stderr
+    lsq = json.loads(r.stdout)
+    assert lsq["diagnostics"]["objective"] == "lsq" and lsq["diagnostics"]["converged"]
+    huber = json.loads(cli("fit", "overtrain", str(csv), "--json").stdout)
+    assert huber["diagnostics"]["objective"] == "huber"
+    # an independent least-squares solve (scipy LM, from the true parameters) is the optimum lsq must reach
+    X, y = OT.overtrain_inputs(df), df["loss"].to_numpy()
+    law = OT.OVERTRAIN
+
+    def resid(th):
+        return F.predict(law, dict(zip(law.raw, th, strict=True)), X) - y
+
+    ref = least_squares(resid, [np.log(TRUE["E"]), np.log(TRUE["a"]), np.log(TRUE["b"]), TRUE["eta"]], method="lm",
+                        xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    ref = law.natural(dict(zip(law.raw, map(float, ref.x), strict=True)))
+    for k in ("E", "eta"):
+        assert lsq["params"][k] == pytest.approx(ref[k], rel=1e-5), k
+    assert abs(huber["params"]["eta"] / ref["eta"] - 1) > 1e-4  # the objectives do differ on noisy data
+
+    bad = cli("fit", "chinchilla", str(csv), "--objective", "lsq")
+    assert bad.returncode == 2 and "--objective lsq: only for overtrain and downstream" in bad.stderr

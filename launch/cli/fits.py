@@ -25,7 +25,7 @@ def cmd_fit(args) -> int:
 
     out, objs = registry.run(args.law, args.data, columns=load.parse_columns(args.columns), filter=args.filter,
                              bootstrap=args.bootstrap, holdout=args.holdout, seed=args.seed, predict=args.predict,
-                             laws=args.laws)
+                             laws=args.laws, objective=args.objective)
     return _emit(args, out, lambda path: registry.plot(objs, out, path), registry.get(args.law).format)
 
 
@@ -126,6 +126,9 @@ COMMANDS = (
         arg("--predict", help="the law's loss at points, e.g. \"N=1e9,D=2e10;N=7e10,D=1.4e12\": each with a "
             "prediction interval `pi` from the law's backtest errors, and a CI (parameter noise) under --bootstrap"),
         arg("--laws", help="fit auto: the laws it chooses from (default: chinchilla,chinchilla-vp,kaplan,farseer)"),
+        arg("--objective", default="huber", choices=("huber", "lsq"), help="overtrain, downstream: huber (Huber "
+            "on log residuals, the default) or lsq (least squares on the loss or error itself, as Gadre et al. "
+            "fitted them)"),
         JSON,
         arg("--plot", help="write the fit figure here (.png, .svg or .pdf)"),
     ), cmd_fit, epilog=LAWS_HELP),
