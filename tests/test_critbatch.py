@@ -47,12 +47,15 @@ def test_recovers_alpha_and_bcrit_default_targets():
                                                      "n_points"}
     assert d["metric"] == "eval_loss" and d["smoothing"] is None and d["converged"]
     assert len(d["targets_used"]) >= 4 and "warning" not in d
-    assert out["params"]["alpha_B"] == pytest.approx(ALPHA_B, rel=0.1)
-    assert out["params"]["B_star"] == pytest.approx(B_STAR, rel=0.5)
+    # noise-free curves: alpha_B within 2% (measured 1.1%); B* = B_crit L^(1/alpha_B) amplifies alpha's error by
+    # ~log(L)/alpha ~ 7, so 10% (measured 7%). Per target within 6%: the highest target loss is reached in a few
+    # steps, where integer step counts quantize S (measured 5.3% there, < 1.5% at every other target)
+    assert out["params"]["alpha_B"] == pytest.approx(ALPHA_B, rel=0.02)
+    assert out["params"]["B_star"] == pytest.approx(B_STAR, rel=0.1)
     for r in out["derived"]["targets"]:
         if r["used"]:
-            assert r["B_crit"] == pytest.approx(b_crit(r["L"]), rel=0.1)
-            assert r["S_min"] == pytest.approx(s_min(r["L"]), rel=0.1)
+            assert r["B_crit"] == pytest.approx(b_crit(r["L"]), rel=0.06)
+            assert r["S_min"] == pytest.approx(s_min(r["L"]), rel=0.05)
             assert r["E_min"] == pytest.approx(r["B_crit"] * r["S_min"]) and r["r2"] > 0.99
 
 
@@ -62,9 +65,10 @@ def test_explicit_targets_and_noisy_train_loss():
     d = out["diagnostics"]
     assert d["metric"] == "train_loss" and "median" in d["smoothing"]
     assert sorted(d["targets_used"]) == targets
-    assert out["params"]["alpha_B"] == pytest.approx(ALPHA_B, rel=0.1)
+    # 0.3% noise on the train loss, median-smoothed: alpha_B within 5% (measured 2.2%), B_crit within 8% (4.8%)
+    assert out["params"]["alpha_B"] == pytest.approx(ALPHA_B, rel=0.05)
     for r in out["derived"]["targets"]:
-        assert r["interior"] and r["B_crit"] == pytest.approx(b_crit(r["L"]), rel=0.15)
+        assert r["interior"] and r["B_crit"] == pytest.approx(b_crit(r["L"]), rel=0.08)
 
 
 def test_bootstrap_ci_contains_estimate():

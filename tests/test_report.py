@@ -78,7 +78,11 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
     # the Chinchilla fit's parameters and CIs are on the page, and they recover the law the sweep was drawn from
     report = json.loads((out / "report.json").read_text())
     fit = report["sections"]["compute"]["fit"]
-    assert fit["params"]["alpha"] == pytest.approx(TRUE["alpha"], abs=0.08)
+    # 15 points at 0.2% noise: the bootstrap CI of alpha and beta is ~+-0.025 wide (seeds 0-2: estimates within
+    # 0.011 of the truth), so each estimate is held to 0.03 and each 95% CI must hold the true value
+    for k in ("alpha", "beta"):
+        assert fit["params"][k] == pytest.approx(TRUE[k], abs=0.03), k
+        assert fit["ci"][k][0] <= TRUE[k] <= fit["ci"][k][1], (k, fit["ci"][k])
     assert f"{fit['params']['alpha']:.4g}" in page and "95% CI" in page and "1 diverged" in page
     assert report["sections"]["holdout"]["fit"]["holdout"]["mean_abs_rel_error"] < 0.02
     # the backtest: 3 budgets, one cut (the largest budget's 5 runs predicted); Farseer needs 12 points to fit
