@@ -98,25 +98,32 @@ def test_cli_json_and_errors(cli):
         assert field in r.stderr and "e.g." in r.stderr, r.stderr
 
 
-def test_design_plan_rounds_grow_within_budget_and_stop_at_the_grids_width(cli):
+def test_design_plan_needs_less_compute_than_the_grid_and_its_rounds_stay_within_budget(cli):
+    """docs/planning.md: the plan reaches the grid's N_opt interval width with a median 0.22 of its compute (20
+    repeats, 95% reached). Held here over 6 repeats: a median fraction < 1 (it would take 3 of 6 repeats missing the
+    width, each ~5% likely, to fail), every repeat's rounds within the plan's growth budget."""
     from testbed.analysis import simplan
 
     out = simplan.compare(Q, "lognormal:0.01", "isoflop:1e18,1e19,1e20:5:1.5", target="n_opt", target_flops=1e21,
-                          repeats=1, bootstrap=30, seed=3)
+                          repeats=6, bootstrap=30, seed=3)
     assert out["grid_flops"] == pytest.approx(5 * (1e18 + 1e19 + 1e20))
     assert out["seed_flops"] == pytest.approx(5 * (1e18 + 1e19))
-    r = out["runs"][0]
-    rounds = r["plan_rounds"]
-    assert rounds[0]["runs"] == 10 and rounds[0]["flops"] == pytest.approx(out["seed_flops"])
-    for a, b in zip(rounds, rounds[1:], strict=False):  # each round adds <= k runs within 25% of the compute so far
-        assert 0 < b["runs"] - a["runs"] <= out["k"]
-        assert a["flops"] < b["flops"] <= a["flops"] * (1 + out["round_growth"]) * (1 + 1e-9)
-        assert "predicted_width" in a
-    if r["fraction"] is not None:  # stopped because its own interval is as narrow as the grid's
-        assert rounds[-1]["width"] <= r["grid_width"]
-        assert r["fraction"] == pytest.approx(rounds[-1]["flops"] / out["grid_flops"])
-    else:
-        assert rounds[-1]["flops"] <= out["grid_flops"]
+    assert len(out["runs"]) == 6
+    fractions = [np.inf if r["fraction"] is None else r["fraction"] for r in out["runs"]]
+    print(f"\nplan / grid compute per repeat: {np.round(fractions, 3)}")
+    assert out["median_fraction"] == pytest.approx(np.median(fractions)) and out["median_fraction"] < 1
+    for r in out["runs"]:
+        rounds = r["plan_rounds"]
+        assert rounds[0]["runs"] == 10 and rounds[0]["flops"] == pytest.approx(out["seed_flops"])
+        for a, b in zip(rounds, rounds[1:], strict=False):  # each round adds <= k runs within 25% of the compute
+            assert 0 < b["runs"] - a["runs"] <= out["k"]
+            assert a["flops"] < b["flops"] <= a["flops"] * (1 + out["round_growth"]) * (1 + 1e-9)
+            assert "predicted_width" in a
+        if r["fraction"] is not None:  # stopped because its own interval is as narrow as the grid's
+            assert rounds[-1]["width"] <= r["grid_width"]
+            assert r["fraction"] == pytest.approx(rounds[-1]["flops"] / out["grid_flops"])
+        else:
+            assert rounds[-1]["flops"] <= out["grid_flops"]
     text = simplan.format_text(out)
     assert "plan compute / grid" in text and "median" in text
     p = cli("simulate", "--params", S.EXAMPLE_PARAMS, "--design", "plan", "--grid", "configs/isoflop.yaml")
