@@ -2,7 +2,8 @@
 `testbed train` runs in one cache directory (the first compiles and writes, the second reads), as sweep workers
 get it (launch/runner.py trainer_env). Prints JSON.
 
-    python bench/compile_cache.py [--config configs/tiny.yaml] [--set model.d_model=128 ...] [--repeats 2]
+    python bench/compile_cache.py [--config configs/tiny.yaml] [--set model.d_model=128 ...] [--repeats 2] [--check]
+--check: every pair's cached / cold compile_s <= 0.4 (docs/benchmarks.md measured 0.11-0.18).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import bands  # bench/bands.py
 from testbed.launch import runner
 
 from testbed import hardware
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append",
                     default=["train.steps=5", "train.eval_every=5", "optim.warmup_steps=0"])
     ap.add_argument("--repeats", type=int, default=2, help="cold/warm pairs, each in a fresh cache directory")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the cache cuts compile_s to <= 0.4x")
     args = ap.parse_args()
     pairs = []
     for _ in range(args.repeats):
@@ -51,6 +54,8 @@ def main() -> None:
     print(json.dumps({"config": args.config, "sets": args.sets, "machine": hardware.machine(),
                       "jax_platforms": os.environ.get("JAX_PLATFORMS", "(default)"), "pairs": pairs,
                       "loadavg": os.getloadavg()}, indent=2))
+    if args.check:
+        sys.exit(bands.verdict([bands.band("cached / cold compile_s", max(p["ratio"] for p in pairs), 0.0, 0.4)]))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import bands  # bench/bands.py
 from testbed.analysis import load, schedulefit
 
 from testbed import hardware
@@ -26,6 +27,27 @@ def markdown(df) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
 
 
+# --check: the pairs README and docs/laws.md quote, and the worst |final error| each law must stay within there
+CHECK = {"annealing": (["constant|cosine"], 0.01),  # measured 0.68% (configs/schedules.yaml, both seeds)
+         "multipower": (["cosine|WSD 20% 1-sqrt", "cosine|WSD 20% linear", "cosine|WSD 50% linear"], 0.01)}  # 0.76%
+
+
+def check(table) -> int:
+    """Each CHECK law's worst error on its pairs, and that law's worst against the no-law baseline's there."""
+    items = []
+    for law, (pairs, worst) in CHECK.items():
+        fitted = {p.replace("|", " + ") for p in pairs}
+        rows = table[table["fitted"].isin(fitted)]
+        err = rows.loc[rows["law"] == law, "final_rel_error"].abs()
+        base = rows.loc[rows["law"] == schedulefit.BASELINE, "final_rel_error"].abs()
+        if err.empty:
+            bands.not_measurable(f"no {law} predictions from {sorted(fitted)} (runs from configs/schedules.yaml?)")
+        items.append(bands.band(f"{law} fitted on {' / '.join(sorted(fitted))}: worst |final error|", err.max(),
+                                0.0, worst))
+        items.append(bands.band(f"{law}: worst error / the no-law baseline's", err.max() / base.max(), 0.0, 1.0))
+    return bands.verdict(items)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", help="a sweep directory whose runs differ in optim.* schedule settings (and --by)")
@@ -33,7 +55,15 @@ def main(argv=None) -> int:
     ap.add_argument("--laws", default="annealing,multipower")
     ap.add_argument("--pairs", action="append", help="LABEL_A|LABEL_B to fit on (repeatable; default every pair)")
     ap.add_argument("--out", help="write table.csv and summary.csv here")
+    ap.add_argument("--check", action="store_true", help="fit only the quoted pairs (CHECK) and exit 1 unless each "
+                    "law's worst error there is within 1% and below the no-law baseline's")
     a = ap.parse_args(argv)
+    if not Path(a.runs).is_dir():
+        if a.check:
+            bands.not_measurable(f"{a.runs} is not here: run testbed sweep configs/schedules.yaml --out {a.runs}")
+        ap.error(f"{a.runs}: no such sweep directory")
+    if a.check and not a.pairs:
+        a.pairs = [p for pairs, _ in CHECK.values() for p in pairs]
     cur = load.curves(a.runs)
     cur = cur[cur["ok"].astype(bool)]
     t0 = time.perf_counter()
@@ -49,7 +79,7 @@ def main(argv=None) -> int:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(a.out) / "table.csv", index=False)
         summ.to_csv(Path(a.out) / "summary.csv", index=False)
-    return 0
+    return check(table) if a.check else 0
 
 
 if __name__ == "__main__":

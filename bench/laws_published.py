@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bands  # bench/bands.py
 import pandas as pd
 from testbed.analysis import autofit, backtest, load
 
@@ -78,7 +79,13 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=100)
     ap.add_argument("--evaluate", action="store_true", help="also score fit auto out of sample (nested)")
     ap.add_argument("--out", type=Path, help="write each set's full result (every point) here")
+    ap.add_argument("--check", action="store_true", help="with --evaluate: exit 1 unless fit auto's 90%% intervals "
+                    "cover 80-96%% of the held-out runs over the sets (docs/laws.md: 87.9%% of 796 over 14 sets)")
     args = ap.parse_args()
+    if args.check and not args.data.is_dir():
+        bands.not_measurable(f"--data {args.data}: not here (the published tables)")
+    if args.check and not args.evaluate:
+        ap.error("--check scores fit auto's intervals: add --evaluate")
     table = []
     for name in args.sets.split(","):
         t0 = time.perf_counter()
@@ -112,6 +119,12 @@ def main() -> int:
         print(json.dumps(line), flush=True)
         table.append(line)
     print(markdown(table))
+    if args.check:
+        scored = [t["auto"] for t in table if "auto" in t]
+        n = sum(a["n_points"] for a in scored)
+        covered = sum(a["pi_coverage"] * a["n_points"] for a in scored)
+        return bands.verdict([bands.band(f"fit auto 90% PI coverage over {n} held-out runs, {len(scored)} sets",
+                                         covered / max(n, 1), 0.80, 0.96)])
     return 0
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+import bands  # bench/bands.py
 from testbed.launch.layout import candidates, cores_available, measure, report
 
 from testbed import config, hardware
@@ -30,7 +31,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the best layout for K = 2 d_model-64 runs "
+                    "is >= 1.2x one at a time (docs/benchmarks.md: 1.56x on 2 cores)")
     args = ap.parse_args()
+    checks = []
     cores = cores_available()
     packs = [int(k) for k in args.packs.split(",")]
     for width in (int(w) for w in args.widths.split(",")):
@@ -40,8 +44,16 @@ def main() -> None:
         results = measure(cfg, layouts, args.duration, args.rounds, cores, log=lambda s: print(s, file=sys.stderr))
         for k in packs:
             mine = {lay: r for lay, r in results.items() if lay in candidates(k, len(cores))}
-            print(json.dumps({**report(cfg, k, mine, len(cores)), "loadavg_before": load,
-                              "loadavg_after": os.getloadavg(), "machine": hardware.machine()}), flush=True)
+            row = report(cfg, k, mine, len(cores))
+            print(json.dumps({**row, "loadavg_before": load, "loadavg_after": os.getloadavg(),
+                              "machine": hardware.machine()}), flush=True)
+            if (width, k) == (64, 2):
+                checks.append(bands.band("best layout / one at a time, K = 2, d_model 64",
+                                         row["best_speedup_vs_sequential"], 1.2))
+    if args.check:
+        if not checks:
+            bands.not_measurable("--check needs --widths with 64 and --packs with 2")
+        sys.exit(bands.verdict(checks))
 
 
 if __name__ == "__main__":

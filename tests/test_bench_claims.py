@@ -1,0 +1,51 @@
+"""bench/claims.py: the ledger's bench checks are found, run, and reported as held / not held / not measurable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import claims  # noqa: E402  (bench/claims.py)
+
+
+def test_every_ledger_check_names_a_bench_script_that_has_a_check_flag():
+    rows = claims.ledger_rows()
+    commands = {r["command"] for r in rows}
+    assert len(rows) >= 10 and len(commands) >= 6
+    for cmd in commands:
+        script = ROOT / cmd.split()[1]
+        assert script.is_file(), cmd
+        assert '"--check"' in script.read_text(), f"{script.name} has no --check"
+
+
+def fake_script(tmp_path: Path, code: int, line: str) -> str:
+    path = tmp_path / f"fake_{code}.py"
+    path.write_text(f"import sys\nprint('other output')\nprint({line!r})\nsys.exit({code})\n")
+    return f"python {path}"
+
+
+def test_verdicts_follow_the_exit_code_and_name_what_failed(tmp_path):
+    bad = '{"check": [{"claim": "ratio", "value": 2.0, "band": [0, 1], "held": false}], "held": false}'
+    r = claims.run_check(fake_script(tmp_path, 1, bad), None, "runs", 60)
+    assert r["verdict"] == "not held" and "ratio = 2 (band 0..1)" in r["why"]
+    good = '{"check": [{"claim": "ratio", "value": 0.5, "band": [0, 1], "held": true}], "held": true}'
+    assert claims.run_check(fake_script(tmp_path, 0, good), None, "runs", 60)["verdict"] == "held"
+    absent = '{"check": [], "held": null, "not_measurable": "no runs"}'
+    r = claims.run_check(fake_script(tmp_path, 3, absent), None, "runs", 60)
+    assert r == {**r, "verdict": "not measurable here", "why": "no runs"}
+    r = claims.run_check(fake_script(tmp_path, 2, "{}"), None, "runs", 60)  # a crash is not a pass
+    assert r["verdict"] == "not held" and "exit 2" in r["why"]
+    r = claims.run_check("python bench/laws_published.py --data DATA --check", None, "runs", 60)
+    assert r["verdict"] == "not measurable here" and "--data" in r["why"]
+
+
+def test_a_check_whose_runs_are_absent_is_not_measurable_not_failed(tmp_path):
+    p = subprocess.run([sys.executable, "bench/claims.py", "--only", "curve_laws", "--runs", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = [x for x in p.stdout.splitlines() if "curve_laws" in x]
+    assert len(lines) == 3 and all(x.startswith("not measurable here") for x in lines), lines
+    assert '"not_held": 0' in p.stdout and "skipped" in p.stdout  # the other commands did not run
