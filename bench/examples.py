@@ -1,0 +1,86 @@
+"""Do the example sweeps in configs/ give the analysis they are named for? Sweep (or reuse), report, check.
+    python bench/examples.py isoflop [--runs runs] [--run] [--check]
+--run trains the example into RUNS/NAME first (`testbed sweep configs/NAME.yaml --workers 2`; a finished sweep
+resumes in seconds); without it the sweep must already be there. Then `testbed report` draws the example's figures,
+and one JSON line says, per analysis, whether its fit converged and what it resolved. --check exits 1 unless each
+holds (bench/bands.py; 3 when the sweep is absent and --run was not given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bands  # bench/bands.py
+
+from testbed import hardware
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def isoflop_checks(sections: dict) -> list[dict]:
+    """configs/isoflop.yaml: a parabola vertex inside the sampled widths at every budget, converged Approach 2 and 3
+    fits (and the held-out and LR-annealing fits), and an envelope (Approach 1) that more than two sizes win."""
+    iso = sections["isoflop"]["fit"]
+    budgets = iso["derived"]["budgets"]
+    env = sections["envelope"]["fit"]["diagnostics"]
+    return [
+        bands.band("IsoFLOP budgets whose vertex is interior", sum(b["interior"] for b in budgets) / len(budgets),
+                   1.0, 1.0),
+        bands.band("IsoFLOP fit converged", float(iso["diagnostics"]["converged"]), 1.0, 1.0),
+        bands.band("Chinchilla fit (compute) converged", float(sections["compute"]["fit"]["diagnostics"]["converged"]),
+                   1.0, 1.0),
+        bands.band("held-out fit converged", float(sections["holdout"]["fit"]["diagnostics"]["converged"]), 1.0, 1.0),
+        bands.band("annealing fit (schedules) converged",
+                   float(sections["schedules"]["fit"]["diagnostics"]["converged"]), 1.0, 1.0),
+        bands.band("distinct N winning an envelope bin", env["distinct_N_winning"], 3),
+    ]
+
+
+# name -> (the report figures the example is for, its checks)
+EXAMPLES = {"isoflop": ("isoflop,compute,holdout,envelope,schedules", isoflop_checks)}
+
+
+def testbed(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "testbed.launch.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", choices=sorted(EXAMPLES))
+    ap.add_argument("--runs", default="runs", help="directory holding the example sweeps (default runs)")
+    ap.add_argument("--run", action="store_true", help="train the sweep first (resumes a partial one)")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless every analysis of the example holds")
+    a = ap.parse_args(argv)
+    kinds, checks = EXAMPLES[a.name]
+    sweep_dir = Path(a.runs) / a.name
+    t0, sweep_s = time.perf_counter(), None
+    if a.run:
+        p = testbed("sweep", f"configs/{a.name}.yaml", "--out", str(sweep_dir), "--workers", "2")
+        if p.returncode:
+            sys.exit(f"testbed sweep failed ({p.returncode}): {p.stderr[-2000:]}")
+        sweep_s = round(time.perf_counter() - t0, 1)
+    if not any(sweep_dir.glob("*/summary.json")):
+        if a.check:
+            bands.not_measurable(f"{sweep_dir}: no sweep here (add --run, or testbed sweep configs/{a.name}.yaml)")
+        ap.error(f"{sweep_dir}: no sweep here (add --run)")
+    t1 = time.perf_counter()
+    p = testbed("report", str(sweep_dir), "--kinds", kinds, "--json")
+    if p.returncode:
+        sys.exit(f"testbed report failed ({p.returncode}): {p.stderr[-2000:]}")
+    report = json.loads((sweep_dir / "report" / "report.json").read_text())
+    items = checks(report["sections"])
+    print(json.dumps({"example": a.name, "sweep_dir": str(sweep_dir), "sweep_s": sweep_s,
+                      "report_s": round(time.perf_counter() - t1, 1), "drawn": json.loads(p.stdout)["drawn"],
+                      "warnings": json.loads(p.stdout)["warnings"], "machine": hardware.machine(),
+                      "checks": {i["claim"]: i["value"] for i in items}}))
+    return bands.verdict(items) if a.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
