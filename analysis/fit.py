@@ -202,7 +202,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
         raw = dict(zip(law.raw, map(float, theta), strict=True))
         params = law.natural(raw)
         diag = _diagnostics(law, starts, thetas, vals, gnorms, best, H, len(y))
-        diag["grid_fit_s"], diag["objective"] = round(grid_s, 3), law.objective
+        diag["grid_fit_s"], diag["loss_function"] = round(grid_s, 3), law.objective
         result = FitResult(law, raw, params, law.derive(params), diag, len(y))
         if bootstrap:
             t1 = time.perf_counter()

@@ -159,7 +159,7 @@ def test_reproduces_gadre_over_training_and_downstream_predictions():
     ls = OT.fit_overtrain(loss_rows, objective="lsq")
     ls_down = OT.fit_downstream(err_rows, objective="lsq")
     assert ls["diagnostics"]["converged"] and ls_down["diagnostics"]["converged"]
-    assert ls["diagnostics"]["objective"] == ls_down["diagnostics"]["objective"] == "lsq"
+    assert ls["diagnostics"]["loss_function"] == ls_down["diagnostics"]["loss_function"] == "lsq"
     ls, ls_down = ls["params"], ls_down["params"]
     d = OT.overtrain_derived(ls)  # the repo's (alpha, beta, c, E) = our (A, b, -2 eta, E)
     assert (d["A"], ls["b"], -2 * ls["eta"], ls["E"]) == pytest.approx((166.2, 366.7, -0.2729, 1.837), abs=6e-4,
@@ -208,9 +208,9 @@ def test_fit_cli_objective_lsq_fits_the_loss_itself_and_is_refused_for_other_law
     r = cli("fit", "overtrain", str(csv), "--json", "--objective", "lsq")
     assert r.returncode == 0, r.stderr
     lsq = json.loads(r.stdout)
-    assert lsq["diagnostics"]["objective"] == "lsq" and lsq["diagnostics"]["converged"]
+    assert lsq["diagnostics"]["loss_function"] == "lsq" and lsq["diagnostics"]["converged"]
     huber = json.loads(cli("fit", "overtrain", str(csv), "--json").stdout)
-    assert huber["diagnostics"]["objective"] == "huber"
+    assert huber["diagnostics"]["loss_function"] == "huber"
     # an independent least-squares solve (scipy LM, from the true parameters) is the optimum lsq must reach
     X, y = OT.overtrain_inputs(df), df["loss"].to_numpy()
     law = OT.OVERTRAIN

@@ -161,3 +161,23 @@ def test_layout_measurement_and_cached_choice(tmp_path):
     key = f"{pack_key(_canonical(small))}|8|{machine_id()}|2"
     cache.write_text(json.dumps({key: {"layout": Layout(2, 2, NO_YNN).as_dict()}}))
     assert choose_layout(small, 8, cores=[0, 1], cache=cache) == Layout(2, 2, NO_YNN)
+
+
+def test_bench_pack_cli_measures_k_runs_at_the_given_width(monkeypatch, capsys):
+    """`testbed bench CONFIG --pack K --d-model W` (README): the layouts are measured for K runs of the config with
+    d_model = W (and any --set), and the measurement is printed as JSON."""
+    from testbed.launch import layout
+    from testbed.launch.cli import main
+
+    seen = {}
+
+    def fake_measure(cfg, n_runs, duration_s, rounds, log=None):
+        seen.update(d_model=cfg.model.d_model, seq_len=cfg.data.seq_len, n_runs=n_runs, duration_s=duration_s,
+                    rounds=rounds)
+        return {"K": n_runs, "d_model": cfg.model.d_model, "best_speedup_vs_sequential": 1.5}
+
+    monkeypatch.setattr(layout, "measure_layouts", fake_measure)
+    assert main(["bench", str(ROOT / "configs" / "tiny.yaml"), "--pack", "4", "--d-model", "96", "--set",
+                 "data.seq_len=32", "--duration", "0.5", "--rounds", "2", "--json"]) == 0
+    assert seen == {"d_model": 96, "seq_len": 32, "n_runs": 4, "duration_s": 0.5, "rounds": 2}
+    assert json.loads(capsys.readouterr().out) == {"K": 4, "d_model": 96, "best_speedup_vs_sequential": 1.5}
