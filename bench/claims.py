@@ -54,11 +54,11 @@ def run_check(command: str, data: str | None, runs: str, timeout: float) -> dict
     except subprocess.TimeoutExpired:
         return {"verdict": "not held", "why": f"timed out after {timeout:.0f} s", "wall_s": timeout}
     last = next((json.loads(x) for x in reversed(p.stdout.splitlines()) if x.startswith('{"check"')), {})
-    verdict = WORD.get(p.returncode, "not held")
+    verdict = WORD.get(p.returncode, "not held") if last or p.returncode == 0 else "not held"
     why = last.get("not_measurable") or "; ".join(
         f"{i['claim']} = {i['value']:.4g} (band {i['band'][0]:.4g}..{i['band'][1]:.4g})"
         for i in last.get("check", []) if verdict == "held" or not i["held"])
-    if p.returncode not in WORD:
+    if p.returncode not in WORD or (p.returncode == bands.NOT_HELD and not last):  # a crash, not a verdict
         why = f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else 'no output'}"
     return {"verdict": verdict, "why": why, "wall_s": round(time.perf_counter() - t0, 1)}
 

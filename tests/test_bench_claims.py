@@ -38,6 +38,8 @@ def test_verdicts_follow_the_exit_code_and_name_what_failed(tmp_path):
     assert r == {**r, "verdict": "not measurable here", "why": "no runs"}
     r = claims.run_check(fake_script(tmp_path, 2, "{}"), None, "runs", 60)  # a crash is not a pass
     assert r["verdict"] == "not held" and "exit 2" in r["why"]
+    r = claims.run_check(fake_script(tmp_path, 1, "{}"), None, "runs", 60)  # exit 1 without a verdict: a crash
+    assert r["verdict"] == "not held" and "exit 1" in r["why"]
     r = claims.run_check("python bench/laws_published.py --data DATA --check", None, "runs", 60)
     assert r["verdict"] == "not measurable here" and "--data" in r["why"]
 
