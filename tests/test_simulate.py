@@ -76,8 +76,8 @@ def test_noise_models_and_parsing():
 
 def test_cli_json_and_errors(cli):
     base = ["simulate", "--law", "chinchilla", "--params", "E=1.8,A=400,B=2000,alpha=0.34,beta=0.37"]
-    r = cli(*base, "--noise", "lognormal:0.01", "--design", "isoflop:1e18,1e19,1e20:7:1.5", "--repeats", "10",
-            "--bootstrap", "20", "--json")
+    r = cli(*base, "--noise", "lognormal:0.01", "--design", "isoflop:1e18,1e19,1e20:7:1.5", "--repeats", "4",
+            "--bootstrap", "10", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {"law", "params", "noise", "design", "target_flops", "truth", "repeats", "methods"} <= set(out)
@@ -86,7 +86,7 @@ def test_cli_json_and_errors(cli):
     assert set(q) == {"alpha", "beta", "E", "a", "N_opt", "loss"}
     assert {"true", "mean", "bias", "rel_bias", "rmse", "coverage", "median_ci_width"} <= set(q["alpha"])
     assert set(out["methods"]["isoflop"]["quantities"]) == {"a", "N_opt"}
-    assert "10/10 repeats" in r.stderr
+    assert "4/4 repeats" in r.stderr
 
     design = ["--design", "isoflop:1e18,1e19:5:1"]
     for args, field in [(["simulate", "--law", "kaplan", "--params", "E=1", *design], "--law"),
