@@ -23,9 +23,9 @@ from testbed.analysis.laws import Law
 from testbed.config import ConfigError
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. / Epoch: Huber on log residuals
-# a Law's `objective`: "huber" (the default: Huber, delta HUBER_DELTA, on log residuals) or "lsq" (plain least
+# a Law's `loss_function`: "huber" (default: Huber, delta HUBER_DELTA, on log residuals) or "lsq" (plain least
 # squares on L itself, the objective of Gadre et al. 2024's scipy curve_fit: use it to reproduce fits made so)
-OBJECTIVES = ("huber", "lsq")
+LOSS_FUNCTIONS = ("huber", "lsq")
 # Newton iterations: every start of the grid gets GRID_ITERS (Chinchilla's 4,500 starts: the best basin is reached
 # in ~40); the POLISH best starts then get POLISH_ITERS more; bootstrap refits start at the optimum (BOOT_ITERS).
 GRID_ITERS, POLISH, POLISH_ITERS, BOOT_ITERS = 40, 64, 200, 60
@@ -78,8 +78,8 @@ MEMO_SIZE = 32
 
 def _solver(law: Law, iters: int, over: str) -> Callable:
     """The jitted damped Newton vmapped over starts (over="starts") or point weights (over="weights"), compiled
-    once per (law, iters) in a process: a lam search or a two-sweep comparison reuses it."""
-    key = (law.name, law.objective, iters, over)
+    once per (law, loss function, iters) in a process: a lam search or a two-sweep comparison reuses it."""
+    key = (law.name, law.loss_function, iters, over)
     if key not in _SOLVERS:
         axes = (0, None, None, None) if over == "starts" else (None, None, None, 0)
         _SOLVERS[key] = jax.jit(jax.vmap(_newton(_objective(law), iters), in_axes=axes))
@@ -87,12 +87,13 @@ def _solver(law: Law, iters: int, over: str) -> Callable:
 
 
 def _objective(law: Law):
-    if law.objective not in OBJECTIVES:
-        raise ConfigError(f"fit {law.name}: objective {law.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if law.loss_function not in LOSS_FUNCTIONS:
+        raise ConfigError(f"fit {law.name}: loss function {law.loss_function!r}; choose one of "
+                          f"{', '.join(LOSS_FUNCTIONS)}")
 
     def f(theta, X, logy, w):
         logp = law.log_predict(theta, X)
-        if law.objective == "lsq":
+        if law.loss_function == "lsq":
             return jnp.sum(w * (jnp.exp(logp) - jnp.exp(logy)) ** 2)
         return jnp.sum(w * optax.losses.huber_loss(logp - logy, delta=HUBER_DELTA))
     return f
@@ -177,7 +178,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
     pad_to = pad_size(len(y)) if pad_to is None else pad_to
     key = None
     if bootstrap == 0 and starts is None:  # deterministic: a backtest's Farseer starts refit Chinchilla's cuts
-        key = (law.name, law.objective, X.tobytes(), y.tobytes(), polish_iters, pad_to)
+        key = (law.name, law.loss_function, X.tobytes(), y.tobytes(), polish_iters, pad_to)
         if key in _MEMO:
             return copy.deepcopy(_MEMO[key])
     starts = law.starts() if starts is None else np.asarray(starts, np.float64)
@@ -202,7 +203,7 @@ def fit(law: Law, X: np.ndarray, y: np.ndarray, bootstrap: int = 0, seed: int = 
         raw = dict(zip(law.raw, map(float, theta), strict=True))
         params = law.natural(raw)
         diag = _diagnostics(law, starts, thetas, vals, gnorms, best, H, len(y))
-        diag["grid_fit_s"], diag["loss_function"] = round(grid_s, 3), law.objective
+        diag["grid_fit_s"], diag["loss_function"] = round(grid_s, 3), law.loss_function
         result = FitResult(law, raw, params, law.derive(params), diag, len(y))
         if bootstrap:
             t1 = time.perf_counter()

@@ -32,7 +32,7 @@ class Law:
     min_points: int = 0  # fewer usable points than this: refuse (0: one more than the parameters)
     positive: tuple[str, ...] | None = None  # inputs the law takes logs of, so must be > 0 (None: every input)
     pin: dict[str, str] = field(default_factory=dict)  # raw parameter -> the data that would identify it
-    objective: str = "huber"  # analysis/fit.py's OBJECTIVES: "huber" on log residuals, or "lsq" on L itself
+    loss_function: str = "huber"  # analysis/fit.py's LOSS_FUNCTIONS: Huber on log residuals, or "lsq" on L
 
     def starts(self) -> np.ndarray:
         """The full start grid, [S, P] in raw space."""

@@ -146,11 +146,11 @@ def fit_overtrain(df: pd.DataFrame, bootstrap: int = 0, *, seed: int = 0, comput
                   objective: str = "huber", return_result: bool = False,
                   ) -> dict[str, Any] | tuple[dict[str, Any], fit.FitResult]:
     """Fits OVERTRAIN to the table's usable rows (columns N, D or M, loss); see overtrain_inputs for C.
-    objective "lsq": least squares on L, as the authors fitted (analysis/fit.py's OBJECTIVES)."""
+    objective "lsq": least squares on L, as the authors fitted (analysis/fit.py's LOSS_FUNCTIONS)."""
     rows, excluded = _rows(df)
     _need(rows, "overtrain", ["loss"], "the law's target")
     X = overtrain_inputs(rows, compute)
-    law = dataclasses.replace(OVERTRAIN, objective=objective)
+    law = dataclasses.replace(OVERTRAIN, loss_function=objective)
     res = fit.fit(law, X, rows["loss"].to_numpy(np.float64), bootstrap=bootstrap, seed=seed)
     out = result_json(res, excluded)
     return (out, res) if return_result else out
@@ -170,7 +170,7 @@ def fit_downstream(df: pd.DataFrame, bootstrap: int = 0, *, seed: int = 0, err_c
     if np.any(~np.isfinite(err)) or np.any((err <= 0) | (err >= 1)):
         raise ConfigError(f"fit downstream: {err_col} must be an error rate strictly between 0 and 1 "
                           "(the fit is in log space); filter out the other rows")
-    law = dataclasses.replace(DOWNSTREAM, objective=objective)
+    law = dataclasses.replace(DOWNSTREAM, loss_function=objective)
     res = fit.fit(law, rows[["loss"]].to_numpy(np.float64), err, bootstrap=bootstrap, seed=seed)
     out = result_json(res, excluded)
     return (out, res) if return_result else out

@@ -27,7 +27,7 @@ class Entry:
     format: Callable[[dict], str]  # the fit's JSON as a few lines of text
     point: bool = False  # a Law fitted point by point (analysis/pointfit.py): --predict applies
     holdout: bool = False  # --holdout applies (held-out points, or annealing's held-out curves)
-    objective: bool = False  # --objective applies (analysis/fit.py's OBJECTIVES)
+    objective: bool = False  # --objective applies (analysis/fit.py's LOSS_FUNCTIONS)
 
 
 def _point(name: str) -> Fit:
