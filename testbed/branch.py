@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import yaml
 
-from testbed import checkpoints, schedules
+from testbed import checkpoints, optim, schedules
 from testbed.config import Config, ConfigError, identity
 from testbed.runstore import RunDir, config_diff
 
@@ -44,7 +44,7 @@ def _comparable(cfg: Config) -> dict:
 
 def _lr_factors(cfg: Config, steps: int) -> np.ndarray:
     """The schedule's LR factor at updates 0..steps-1 (update s-1 produces step s's params)."""
-    f = schedules.from_config(cfg.optim, cfg.total_steps)
+    f = jax.jit(schedules.from_config(cfg.optim, cfg.total_steps))  # one program, not one per eager op
     return np.asarray(jax.device_get(f(np.arange(steps, dtype=np.int32))), np.float64)
 
 
@@ -85,6 +85,7 @@ def restore(cfg: Config, run: RunDir, state: dict) -> tuple[dict, int]:
     """The parent's state at branch_step (restored onto `state`'s shapes and shardings), its rows copied to `run`."""
     parent, s = check_parent(cfg, run.path), cfg.train.branch_step
     state = checkpoints.read_step(parent, s, state)
+    state = {**state, "opt_state": optim.with_schedule(state["opt_state"], cfg)}  # the parent's count, our schedule
     run.truncate_metrics(0)  # a fresh run: drop rows of an attempt that died before its first checkpoint
     run.append_metrics([r for r in parent.read_metrics() if r.get("step", 0) <= s])
     return state, s

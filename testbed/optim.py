@@ -5,8 +5,9 @@
 multipliers from testbed.parametrization, so SP, muP, CompleteP and the weight-decay rules differ only in the
 table. The chain is clip -> per group (Adam -> decoupled decay -> -lr_t * lr_mult), where lr_t = peak LR x the
 schedule's factor at the chain's own step count. The peak LR and weight decay are injected once, at init, as
-hyperparameters (`optax.inject_hyperparams`): they live in the optimizer state, so the train step is a pure
-function of (params, optimizer state, batch) and a pack of runs vmaps over them with the state (`init`).
+hyperparameters (`optax.inject_hyperparams`), and the schedule's numbers (length, warmup, cooldown) ride in its
+schedule state: all live in the optimizer state, so the train step is a pure function of (params, optimizer state,
+batch), a pack of runs vmaps over them with the state (`init`), and runs of different lengths share one program.
 
 Weight decay conventions (REFERENCE.md section 2):
   coupled      theta <- theta - eta_t * (u + lambda * theta)      (optax.adamw / PyTorch AdamW)
@@ -103,7 +104,7 @@ def make_optimizer(cfg: Config, info) -> optax.GradientTransformation:
         return tx
 
     return optax.inject_hyperparams(adamw_by_group)(
-        **hyperparams(cfg), lr_factor=schedules.from_config(o, cfg.total_steps))
+        **hyperparams(cfg), lr_factor=schedules.Stateful(o, cfg.total_steps))
 
 
 def hyperparams(cfg: Config) -> dict:
@@ -115,7 +116,16 @@ def init(tx: optax.GradientTransformation, params, cfg: Config):
     """tx's state for `params`, carrying cfg's peak LR and weight decay: the members of a pack share one tx (one
     traced chain) and differ only in these values of their states."""
     opt_state = jax.jit(tx.init)(params)  # one program: eagerly, the schedule's scalar ops compile one at a time
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, **hyperparams(cfg)})
+    return with_schedule(opt_state._replace(hyperparams={**opt_state.hyperparams, **hyperparams(cfg)}), cfg)
+
+
+def with_schedule(opt_state, cfg: Config):
+    """opt_state with cfg's schedule numbers (its length, warmup, cooldown), its update count kept: a fresh run's,
+    or a branch's after it restored its parent's state. They are data in the state, so runs that differ only in
+    them share one compiled step (testbed.schedules)."""
+    old = opt_state.hyperparams_states["lr_factor"]
+    new = schedules.state(schedules.numbers(cfg.optim, cfg.total_steps), count=old.count)
+    return opt_state._replace(hyperparams_states={**opt_state.hyperparams_states, "lr_factor": new})
 
 
 def applied_lr(opt_state):

@@ -84,3 +84,29 @@ def test_independent_decay_does_not_scale_with_peak_lr():
     assert decay["independent", 1e-1] == pytest.approx(0.5 * 0.01, rel=1e-5)
     assert decay["coupled", 1e-3] == pytest.approx(0.5 * 1e-3 * 0.01, rel=1e-5)
     assert decay["coupled", 1e-1] == pytest.approx(0.5 * 1e-1 * 0.01, rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["wsd", "cosine"])
+def test_runs_of_different_lengths_share_one_train_step_program(schedule):
+    """The schedule's numbers are state, not constants: a sweep's budgets (and WSD branches) compile one step per
+    shape. The same program must still apply each run's own LR."""
+    from testbed import schedules
+    from testbed.train import init_state, make_train_step
+
+    texts, lrs = [], []
+    for steps, frac in ((40, 0.2), (90, 0.3)):
+        cfg, params = setup([f"optim.schedule={schedule}", f"optim.cooldown_frac={frac}", f"train.steps={steps}",
+                             "optim.warmup_steps=5", "optim.lr=1e-2"])
+        tx = make_optimizer(cfg, param_info(params))
+        state = init_state(cfg, tx, params)
+        batch = jnp.zeros((1, 2, cfg.data.seq_len + 1), jnp.int32)
+        step = jax.jit(make_train_step(cfg, tx))
+        texts.append(step.lower(state, batch).as_text())
+        sched = state["opt_state"].hyperparams_states["lr_factor"]  # fast-forward to update steps - 3
+        state["opt_state"] = state["opt_state"]._replace(hyperparams_states={"lr_factor": sched._replace(
+            count=jnp.int32(steps - 3))})
+        _, metrics = step(state, batch)
+        lrs.append((float(metrics["lr"]), 1e-2 * float(schedules.from_config(cfg.optim, steps)(steps - 3))))
+    assert texts[0] == texts[1]
+    for got, want in lrs:
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12)
