@@ -205,7 +205,7 @@ def _require(module: str, extra: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ConfigError(f"--backend {extra}: needs the '{module}' package; pip install 'testbed[{extra}]'") \
+        raise ConfigError(f"--backend {extra}: needs the '{module}' package; pip install 'scaling-testbed[{extra}]'") \
             from None
 
 

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# submitit configures logging at import (logging.config.dictConfig), which closes every existing handler. absl's
+# handler (installed when jax is first imported) writes to whatever sys.stderr was then, which under pytest is the
+# capture file: an in-test `import submitit` after jax would close pytest's own capture and kill the worker
+# ("lost sys.stderr"). Importing it here, before any test module imports jax, makes that close a no-op.
+import submitit  # noqa: F401,E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -39,8 +45,9 @@ def pytest_configure(config):
 
 
 # the test files with the most work (minutes each on 2 cores; CI's --durations shows them), scheduled first: the
-# workers take whole files in collection order (--dist loadfile), so a long file started last would leave the other
-# worker idle while it finishes
+# workers take whole files in collection order (--dist loadfile with --no-loadscope-reorder: xdist would otherwise
+# put the files with the most tests first), so a long file started last would leave the other worker idle while
+# it finishes
 HEAVY_FIRST = ("test_quickstart", "test_sharding", "test_backtest_published", "test_diagnostics", "test_fit",
                "test_report", "test_kill_resume", "test_farseer", "test_backends", "test_compare", "test_designs",
                "test_simulate", "test_nextruns", "test_train", "test_pack")
