@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from testbed.analysis import load, plotkinds, report
 
+from testbed import provenance
 from testbed.config import ConfigError
 
 # the report's kinds: analysis that reads a run table or curves (not published-table-only laws)
@@ -176,13 +177,16 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
     note = load.describe_exclusions(excluded)
     if note:
         warnings.insert(0, f"runs: {note}; every fit leaves them out")
-    page = _page(sweep_dir, df, counts, sections, skipped, warnings, preface)
+    prov = provenance_summary(load.provenances(sweep_dir))
+    warnings += [f"provenance: the runs differ in {key} ({_counted(values)}); their numbers may not be comparable"
+                 for key, values in prov["differs"].items()]
+    page = _page(sweep_dir, df, counts, sections, skipped, warnings, preface, prov)
     (work / "index.html").write_text(page, encoding="utf-8")
     (work / "report.json").write_text(json.dumps(report.jsonable({
         "sweep": str(sweep_dir), "runs": len(df), "status": counts, "excluded": excluded,
         "sections": {s.kind: {"figure": f"figures/{s.figure.name}" if s.figure else None, "fit": s.fit}
                      for s, _ in sections},
-        "skipped": skipped, "warnings": warnings, "seconds": timings}), default=str, indent=1))
+        "skipped": skipped, "warnings": warnings, "seconds": timings, "provenance": prov}), default=str, indent=1))
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
@@ -190,18 +194,51 @@ def build(sweep_dir: str | Path, out_dir: str | Path, *, bootstrap: int = 200, s
     work.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return {"index": str(out_dir / "index.html"), "drawn": [s.kind for s, _ in sections], "skipped": skipped,
-            "warnings": warnings, "seconds": timings}
+            "warnings": warnings, "seconds": timings, "provenance": prov}
+
+
+def provenance_summary(provs: dict[str, dict]) -> dict:
+    """What the runs' provenance blocks share (`common`, from the first run that has one), where they differ
+    (`differs`: testbed.provenance.differences), and how many runs have none (`missing`)."""
+    have = {run: p for run, p in provs.items() if p}
+    first = next(iter(have.values()), {})
+    differs = provenance.differences(have)
+    common = {k: v for k, v in first.items() if k not in ("host", "command") and k not in differs
+              and not any(d.startswith(f"{k}.") for d in differs)}
+    return {"common": common, "differs": differs, "missing": len(provs) - len(have),
+            "hosts": sorted({str(p.get("host")) for p in have.values()})}
+
+
+def _counted(values: dict[str, list[str]]) -> str:
+    return "; ".join(f"{v}: {len(runs)} run{'s' if len(runs) > 1 else ''}" for v, runs in values.items())
+
+
+def _provenance_html(prov: dict) -> str:
+    rows = [[k, ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else v]
+            for k, v in prov["common"].items()]
+    rows += [[k, f"differs: {_counted(v)}"] for k, v in prov["differs"].items()]
+    rows.append(["hosts", ", ".join(prov["hosts"]) or "-"])
+    if prov["missing"]:
+        rows.append(["runs without provenance", f"{prov['missing']} (unfinished, or written by an older testbed)"])
+    return "<h2 id='provenance'>Provenance</h2>" + _table(["", "value"], rows)
 
 
 def format_built(out: dict) -> str:
     """`testbed report` as text: where the page is, how many figures, what did not apply, the warnings."""
     skipped = ", ".join(out["skipped"]) or "none"
     lines = [f"wrote {out['index']} ({len(out['drawn'])} figures; not applicable: {skipped})"]
+    common = out.get("provenance", {}).get("common", {})
+    if common:
+        v = common.get("versions", {})
+        code = (f"; git {common['git_commit'][:10]}{' (dirty)' if common.get('git_dirty') else ''}"
+                if "git_commit" in common else "")
+        lines.append(f"  provenance: jax {v.get('jax')}, python {v.get('python')}, {common.get('backend')} "
+                     f"{common.get('device_kind')} x{common.get('device_count')}{code}")
     return "\n".join(lines + [f"  WARNING {w}" for w in out["warnings"]])
 
 
 def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: dict, warnings: list[str],
-          preface: str | None = None) -> str:
+          preface: str | None = None, prov: dict | None = None) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     toc = " · ".join(f"<a href='#{s.kind}'>{html.escape(s.kind)}</a>" for s, _ in sections)
@@ -211,13 +248,14 @@ def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: di
                                                                                        skipped.items()])
             if skipped else "")
     body = "\n".join(_section_html(s, svg) for s, svg in sections)
+    prov_link = " · <a href='#provenance'>provenance</a>" if prov else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>testbed report: {html.escape(sweep_dir.name)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body>
 <h1>Sweep report: {html.escape(str(sweep_dir))}</h1>
 <p class="muted">{len(df)} runs ({html.escape(status)}); generated {when} by <code>testbed report</code></p>
-<p>{toc}{' · <a href="#skipped">not drawn</a>' if skipped else ''} · <a href="#runs">runs</a></p>
+<p>{toc}{' · <a href="#skipped">not drawn</a>' if skipped else ''} · <a href="#runs">runs</a>{prov_link}</p>
 {f"<h2>Summary</h2><pre>{html.escape(preface)}</pre>" if preface else ""}
 <h2>Warnings</h2>
 {warn}
@@ -225,6 +263,7 @@ def _page(sweep_dir: Path, df: pd.DataFrame, counts: dict, sections, skipped: di
 {skip}
 <h2 id="runs">Runs</h2>
 {_run_table(df)}
+{_provenance_html(prov) if prov else ""}
 <script>{CHECK_SCRIPT}</script>
 </body></html>
 """

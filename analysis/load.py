@@ -75,6 +75,14 @@ def _load_sweep(sweep_dir: Path, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def provenances(sweep_dir: str | Path) -> dict[str, dict]:
+    """run id -> the provenance block of its summary.json ({} for a run without one: unfinished, or older)."""
+    out = {}
+    for run in SweepDir(Path(sweep_dir)).runs(fix="pass a sweep directory"):
+        out[run.path.name] = (run.read_summary() or {}).get("provenance") or {}
+    return out
+
+
 # --- files --------------------------------------------------------------------------------------------------------
 def _check_keys(columns: dict[str, str]) -> None:
     bad = [k for k in columns if k not in MAPPABLE]

@@ -28,25 +28,25 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
+    d_model: int = 128  # width (residual stream); n_heads must divide it unless head_dim is set
+    n_layers: int = 2  # depth: transformer blocks
+    n_heads: int = 4  # attention heads
     head_dim: int | None = None  # default d_model // n_heads
     d_ff: int | None = None  # default 4 * d_model
-    vocab_size: int = 256
+    vocab_size: int = 256  # token vocabulary (the synthetic source uses it as its alphabet)
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     pos: str = "rope"  # rope | learned
     mlp: str = "gelu"  # gelu | swiglu
-    qk_norm: bool = False
-    tie_embeddings: bool = False
-    use_bias: bool = False
-    rope_base: float = 10000.0
+    qk_norm: bool = False  # RMS-normalize queries and keys before the attention logits
+    tie_embeddings: bool = False  # readout reuses the embedding matrix
+    use_bias: bool = False  # biases in linear layers
+    rope_base: float = 10000.0  # RoPE frequency base
     z_loss: float = 0.0  # coefficient of log(Z)^2 added to the loss (PaLM uses 1e-4)
     init_std: float = 0.02  # sigma_base: std of hidden matrices at the base width
     emb_std: float = 0.02  # std of token / position embeddings (constant in width)
-    zero_init_readout: bool = False
+    zero_init_readout: bool = False  # start the readout at zero (muP's recommendation)
     zero_init_query: bool = False  # zero the query third of the fused QKV kernel (optional under muP)
-    norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # epsilon of RMSNorm / LayerNorm
 
     @property
     def resolved_head_dim(self) -> int:
@@ -82,20 +82,20 @@ class ParamConfig:
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | text
-    seq_len: int = 128
+    seq_len: int = 128  # tokens per training sequence (context length)
     eval_sequences: int = 256  # size of the fixed held-out eval set, in sequences
     # synthetic: a Zipf-weighted mixture of sparse Markov "skills" (see testbed/data/synthetic.py)
     n_skills: int = 16384
-    zipf_exponent: float = 1.3
-    branching: int = 4
-    skill_order: int = 1
+    zipf_exponent: float = 1.3  # synthetic: Zipf exponent of the skill frequencies
+    branching: int = 4  # synthetic: next-token choices per state of a skill
+    skill_order: int = 1  # synthetic: Markov order of each skill
     # text: HF datasets from local files (text/json/jsonl/parquet) or a hub name (streaming)
     path: str | None = None
     format: str = "auto"  # auto | text | json | parquet | hub
-    text_field: str = "text"
+    text_field: str = "text"  # text: the record field holding the text (json/parquet/hub)
     tokenizer: str = "byte"  # byte | bpe
-    bpe_vocab_size: int = 1024
-    val_fraction: float = 0.05
+    bpe_vocab_size: int = 1024  # tokenizer bpe: vocabulary of the locally trained BPE
+    val_fraction: float = 0.05  # text: fraction of documents held out for eval (chosen by content hash)
     max_unique_tokens: int | None = None  # cap on distinct training tokens; repeats are counted as epochs
     cache_dir: str | None = None  # where BPE tokenizers and token arrays are cached (default ~/.cache/testbed)
 
@@ -103,21 +103,21 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr: float = 3e-3  # peak learning rate
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta1: float = 0.9  # Adam first-moment decay
+    beta2: float = 0.95  # Adam second-moment decay
+    eps: float = 1e-8  # Adam epsilon (scaled per group by eps_rule)
     eps_rule: str = "fixed"  # fixed | scaled (CompleteP: eps / m_in, x m_L^-alpha in blocks) | atan2 (no eps)
     atan2_a: float = 1.2732395447351628  # Adam-atan2: update = a * atan2(m_hat, b * sqrt(v_hat)); a = 4 / pi
-    atan2_b: float = 1.0
-    weight_decay: float = 0.0
+    atan2_b: float = 1.0  # Adam-atan2's b (see atan2_a)
+    weight_decay: float = 0.0  # lambda, in the wd_convention's units (scaled per width by wd_rule)
     wd_convention: str = "coupled"  # coupled (optax/PyTorch: eta_t*lambda) | independent (s_t*lambda_ind)
     wd_rule: str = "none"  # how lambda scales with width: none | constant_tau | sqrt | timescale
     tau_frac: float | None = None  # wd_rule=timescale: tau_iter = 1 / (eta * lambda) as a fraction of the steps
-    decay_embeddings: bool = True
-    decay_vectors: bool = False
+    decay_embeddings: bool = True  # apply weight decay to the embedding
+    decay_vectors: bool = False  # apply weight decay to gains and biases
     grad_clip: float | None = 1.0  # global-norm clip; null disables
     schedule: str = "cosine"  # constant | cosine | linear | inverse_sqrt | wsd
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
     final_lr_frac: float = 0.1  # cosine/linear/wsd end at final_lr_frac * lr
     cooldown_frac: float = 0.2  # wsd: fraction of steps spent cooling down
     cooldown_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
@@ -128,20 +128,20 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 16  # sequences per optimizer step (global)
-    steps: int | None = None
+    steps: int | None = None  # optimizer steps (or set tokens)
     tokens: int | None = None  # alternative to steps: steps = ceil(tokens / (batch_size * seq_len))
     grad_accum: int = 1  # microbatches per step; batch_size must divide evenly
     compute_dtype: str = "float32"  # float32 | bfloat16 (master weights stay float32)
-    eval_every: int = 100
-    log_every: int = 1
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 3
+    eval_every: int = 100  # evaluate on the held-out set every k steps (and at the end)
+    log_every: int = 1  # write every k-th step's row to metrics.jsonl (evals and the last step always)
+    checkpoint_every: int = 200  # save a checkpoint every k steps (and at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept (checkpoint_steps are kept too)
     checkpoint_steps: list[int] = field(default_factory=list)  # also saved (and evaluated) here, never deleted
     # branching (testbed/branch.py): a fresh run starts from another run's checkpoint at branch_step, copying its
     # metrics rows up to there; the parent is a run directory, relative to this run's folder's parent (in a sweep
     # directory: the parent's run id) or absolute. The schedules must agree before branch_step.
     branch_from: str | None = None
-    branch_step: int | None = None
+    branch_step: int | None = None  # the parent's step to branch from (a checkpoint the parent kept)
     sigma_every: int | None = None  # top singular value of every matrix every k steps (null: at evals; 0: never)
     # placement (PLACEMENT_KEYS: not part of a run's identity; testbed/sharding.py)
     mesh: dict[str, int] = field(default_factory=dict)  # {} one device | {data: -1} DP | {data: 2, fsdp: 4} FSDP
@@ -151,6 +151,12 @@ class TrainConfig:
     # auto: blocked einsums on CPU, jax.nn.dot_product_attention elsewhere (cuDNN flash attention for bfloat16 on
     # GPU); einsum | xla | cudnn force one (float-level differences only: placement, not identity)
     attention: str = "auto"
+    # live views (TRACKING_KEYS: not part of a run's identity; testbed/trackers.py): metrics.jsonl is always
+    # written and is the source of truth; tensorboard (RUN/tensorboard, pip install 'scaling-testbed[tensorboard]') and
+    # wandb (pip install 'scaling-testbed[wandb]'; a sweep is one wandb group) mirror it from process 0
+    trackers: list[str] = field(default_factory=lambda: ["jsonl"])
+    wandb_project: str = "testbed"  # wandb project the runs go to
+    wandb_mode: str | None = None  # online | offline | disabled; null: wandb's own default (WANDB_MODE, else online)
 
 
 @dataclass
@@ -160,7 +166,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: int = 0  # seed of the init and of the data stream
 
     @property
     def tokens_per_step(self) -> int:
@@ -191,11 +197,15 @@ CHOICES = {
     "train.compute_dtype": ("float32", "bfloat16"),
     "train.platform": ("auto", "cpu", "gpu", "tpu"),
     "train.attention": ("auto", "einsum", "xla", "cudnn"),
+    "train.wandb_mode": (None, "online", "offline", "disabled"),
 }
 MESH_AXES = ("data", "fsdp")  # train.mesh axis names (testbed/sharding.py)
 # How a run is laid out on devices, not what it computes: left out of run ids and of the resume check, so a run
 # saved on one mesh resumes on another.
 PLACEMENT_KEYS = ("train.mesh", "train.distributed", "train.platform", "train.attention")
+# Where a run's metrics are mirrored, not what it computes: also left out of run ids and the resume check.
+TRACKING_KEYS = ("train.trackers", "train.wandb_project", "train.wandb_mode")
+TRACKERS = ("jsonl", "tensorboard", "wandb")
 # Keys added after run ids were in use: left out of a run's identity while at these defaults, so the ids of runs
 # that do not use them stay what they were.
 LATER_DEFAULTS = {"train.checkpoint_steps": [], "train.branch_from": None, "train.branch_step": None}
@@ -336,7 +346,7 @@ def dump_yaml(cfg: Config) -> str:
 def identity(cfg: Config) -> dict:
     """The config minus PLACEMENT_KEYS: what a run computes, so run ids and resumes ignore the mesh."""
     d = to_dict(cfg)
-    for key in PLACEMENT_KEYS:
+    for key in (*PLACEMENT_KEYS, *TRACKING_KEYS):
         section, name = key.split(".")
         d[section].pop(name, None)
     for key, default in LATER_DEFAULTS.items():
@@ -367,7 +377,10 @@ def validate(cfg: Config) -> None:
     """Checks choices, ranges and shape consistency; raises ConfigError naming the key."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}")
+    bad = [t for t in cfg.train.trackers if t not in TRACKERS]
+    if bad:
+        raise ConfigError(f"train.trackers: {bad[0]!r} is not one of {', '.join(TRACKERS)} (jsonl is always on)")
     _validate_ranges(cfg)
     _validate_optim(cfg)
     _validate_mesh(cfg.train.mesh)

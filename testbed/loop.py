@@ -19,13 +19,13 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from testbed import branch, checkpoints, faults, hardware, parametrization, shapes, spectral
+from testbed import branch, checkpoints, faults, hardware, parametrization, provenance, shapes, spectral, trackers
 from testbed.config import Config, ConfigError, to_dict
 from testbed.data import Source, make_source
 from testbed.optim import group_table
@@ -47,6 +47,13 @@ class Member:
     wall0: float = 0.0  # wall_s already spent before this resume
     status: str | None = None  # None while training; completed | diverged | failed once decided
     summary: dict | None = None
+    trackers: list = field(default_factory=list)  # testbed.trackers mirroring metrics.jsonl (process 0 only)
+
+    def append_rows(self, rows: list[dict]) -> None:
+        """metrics.jsonl first (the source of truth), then the live views."""
+        self.run.append_metrics(rows)
+        for t in self.trackers:
+            t.log(rows)
 
 
 class Program(Protocol):
@@ -94,7 +101,9 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
     (testbed.hardware.devices: platform, device kind and count, processes) goes into every summary.
     """
     for m in members:
-        _write_config(m, _where(members))  # may raise ConfigError (another config there): before any output
+        trackers.check_installed(m.cfg)
+    for m in members:
+        _write_config(m, _where(members), devices)  # may raise ConfigError (another config there): before output
     if devices is not None:
         announce(members[0].run.path if len(members) == 1 else f"pack of {len(members)}", devices, log)
     results: list[dict | None] = [None] * len(members)
@@ -121,9 +130,14 @@ def train_members(members: list[Member], init_state: Callable[[Member], Any],
                             m.summary = {"status": "incomplete", "steps": start}
                         continue
                     _begin(active, start, packed, log)
+                    for m in active if primary else ():
+                        m.trackers = trackers.open_all(m.cfg, m.run, start, m.resumed)
                     _train_group(active, build(active, start), start, progress, log, stop, devices or {})
         finally:
             checkpoints.settle(managers)
+            for m in todo:
+                for t in m.trackers:
+                    t.close()
     except (KeyboardInterrupt, RunDirError):
         raise  # no summary: nothing about the run itself failed (unreadable checkpoints, a full disk)
     except Exception as e:
@@ -152,9 +166,9 @@ def _where(ms: list[Member]) -> str:
     return f"run directories {', '.join(str(m.run.path) for m in ms)}"
 
 
-def _write_config(m: Member, where: str) -> None:
+def _write_config(m: Member, where: str, devices: dict | None) -> None:
     try:
-        m.run.check_or_write_config(m.cfg)
+        m.run.check_or_write_config(m.cfg, devices)
     except OSError as e:
         if storage_error(e):
             raise checkpoints.storage_failure(where, e) from e
@@ -256,7 +270,7 @@ class _GroupLoop:
     def record(self, done: list[tuple[Member, dict]]) -> None:
         """Appends rows per member; a member with a non-finite row is diverged and its summary written now."""
         for m in self.ms:
-            m.run.append_metrics([r for mm, r in done if mm is m and self.keep(r)])
+            m.append_rows([r for mm, r in done if mm is m and self.keep(r)])
         for m, r in done:
             if m.status is None and not finite(r):
                 m.status = "diverged"
@@ -344,7 +358,7 @@ def _progress_bar(total: int, start: int, k: int):
 
 def _finalize(m: Member, program: Program, start: int, acc: shapes.Accounting, log, devices: dict) -> None:
     """summary.json for a decided member (completed or diverged), written atomically; logged."""
-    extra = {**devices, **program.describe()}
+    extra = {**devices, **program.describe(), "provenance": provenance.collect(devices)}
     summary = {**summarize(m.cfg, m.run.read_metrics(), m.status, start, program.info, program.param_shapes, acc,
                            program.compile_s, m.source.eval_set().entropy, m.source.meta), **extra}
     if extra.get("packed"):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from testbed import config, faults
+from testbed import config, faults, provenance
 
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.yaml", "metrics.jsonl", "summary.json", "checkpoints"
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads a 1000-run sweep ~10x faster
@@ -133,8 +133,9 @@ class RunDir:
         return self.config_path.is_file()
 
     # --- config ---------------------------------------------------------------------------------------
-    def check_or_write_config(self, cfg: config.Config) -> None:
-        """Writes config.yaml, or checks that an existing run directory holds the same resolved config."""
+    def check_or_write_config(self, cfg: config.Config, devices: dict | None = None) -> None:
+        """Writes config.yaml (headed by the writer's provenance, with `devices` when known), or checks that an
+        existing run directory holds the same resolved config."""
         if self.config_path.exists():
             try:
                 existing = config.from_dict(yaml.safe_load(self.config_path.read_text()))
@@ -151,7 +152,7 @@ class RunDir:
         existed = self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            atomic_write_text(self.config_path, config.dump_yaml(cfg))
+            atomic_write_text(self.config_path, provenance.header(provenance.collect(devices)) + config.dump_yaml(cfg))
         except BaseException:
             if not existed and not any(self.path.iterdir()):
                 self.path.rmdir()  # a failed first write (disk full) leaves no empty run directory behind

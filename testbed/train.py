@@ -122,7 +122,7 @@ class Evaluator:
 class _Follower(RunDir):
     """A non-zero process of a multi-host run: reads the run directory; process 0 alone writes it."""
 
-    def check_or_write_config(self, cfg: Config) -> None:
+    def check_or_write_config(self, cfg: Config, devices: dict | None = None) -> None:
         pass
 
     def append_metrics(self, rows: list[dict]) -> None:

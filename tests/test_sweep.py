@@ -154,6 +154,8 @@ def test_sweep_trains_skips_done_and_survives_a_failed_run(tmp_path, cli):
     assert summary["counts"] == {"completed": 2} and summary["trained"] == 2 and summary["ok"]
     assert sum(line.startswith("[") and "/2] " in line and " completed " in line
                for line in r.stderr.splitlines()) == 2, r.stderr
+    for run in runs:  # each progress line names the run by its swept values, not only its hash
+        assert f"{run.run_id} (lr={run.cfg.optim.lr:.4g}) completed" in r.stderr, r.stderr
     for run in runs:
         d = out / run.run_id
         s = json.loads((d / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""`testbed` commands for one run: train, info, bench, train-pack, fetch-corpus, coordcheck, launch."""
+"""`testbed` commands for one run: train, info, config, bench, train-pack, fetch-corpus, export, coordcheck, launch."""
 
 from __future__ import annotations
 
@@ -117,6 +117,41 @@ def cmd_launch(args) -> int:
     return cluster.submit(args.target, argv, stdin)
 
 
+def cmd_config(args) -> int:
+    from testbed import configdoc
+
+    cfg = load_config(args) if args.config or args.overrides else None
+    rows = configdoc.keys(cfg)
+    print(dumps(rows) if args.json else configdoc.format_keys(rows))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from testbed import trackers
+    from testbed.runstore import RunDir
+    from testbed.sweepdir import SweepDir
+
+    path = Path(args.path)
+    if RunDir.is_run(path):
+        runs = [RunDir(path)]
+    elif path.is_dir():
+        runs = SweepDir(path).runs(fix="pass a run directory or a sweep directory")
+    else:
+        raise config.ConfigError(f"RUN_OR_SWEEP: {path} is not a directory; pass a run or sweep directory")
+    sent = {}
+    for run in runs:
+        cfg = run.load_config()
+        if args.wandb_mode:
+            cfg.train.wandb_mode = args.wandb_mode
+        if args.wandb_project:
+            cfg.train.wandb_project = args.wandb_project
+        sent[str(run.path)] = trackers.export(run, args.to, cfg)
+        stderr(f"{run.path}: {sent[str(run.path)]} rows -> {args.to}")
+    where = f"tensorboard --logdir {path}" if args.to == "tensorboard" else "wandb (see each run's wandb/ folder)"
+    print(dumps({"runs": len(sent), "rows": sum(sent.values()), "view": where}))
+    return 0
+
+
 JSON = arg("--json", action="store_true")
 NO_PROGRESS = arg("--no-progress", action="store_true", help="no progress bar")
 
@@ -147,6 +182,14 @@ COMMANDS = (
         arg("name", choices=["shakespeare"]),
         arg("--out", default="data/shakespeare"),
     ), cmd_fetch_corpus),
+    Command("config", "every config key: type, default (or the value CONFIG and --set resolve to), one line of help",
+            (*config_args(required=False), JSON), cmd_config),
+    Command("export", "replay runs' metrics.jsonl into TensorBoard (RUN/tensorboard) or Weights & Biases", (
+        arg("path", metavar="RUN_OR_SWEEP", help="a run directory, or a sweep directory (every run in it)"),
+        arg("--to", required=True, choices=("tensorboard", "wandb")),
+        arg("--wandb-project", help="wandb project (default: the run's train.wandb_project)"),
+        arg("--wandb-mode", choices=("online", "offline"), help="wandb mode (default: the run's train.wandb_mode)"),
+    ), cmd_export),
     Command("coordcheck", "muP coordinate check: activation size vs width (or depth) over steps", (
         *config_args(),
         arg("--param", help="parametrization (sets param.name): sp, mup, depth_mup, completep, sp_perlayer"),

