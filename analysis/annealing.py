@@ -1,4 +1,4 @@
-"""The LR-annealing law (Tissue et al. 2024; REFERENCE.md section 4): a whole loss curve from its LR schedule.
+"""The LR-annealing law (Tissue et al. 2024): a whole loss curve from its LR schedule.
 
     L(s) = L0 + A * S1(s)^-alpha - C * S2(s)
 
@@ -35,7 +35,7 @@ FLOOR = 1e-9  # the predictor floors L here: log L stays finite where a start's 
 def areas(lr: np.ndarray, lam: float = 0.999, warmup_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(S1, S2) after each update of the LR sequence lr (lr[i] is update i + 1's LR; S1[i] sums lr[0..i]).
 
-    The first warmup_steps updates count at the peak LR (REFERENCE.md: "warmup counted at peak"; the peak is the
+    The first warmup_steps updates count at the peak LR ("warmup counted at peak"; the peak is the
     highest LR through the end of warmup), for S1 and for the momentum alike, so warmup adds no negative S2.
     """
     eta = np.array(lr, dtype=np.float64).ravel()

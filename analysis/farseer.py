@@ -2,7 +2,7 @@
 
     L = exp(a3 N^gamma + b3) + exp(a2 N^beta + b2) * D^(-exp(a1 N^alpha + b1))
 
-This is the form as issue 5 reads the paper; it could not be checked against the paper offline (no internet on the
+This is the form as we read the paper; it could not be checked against the paper offline (no internet on the
 build machine), so docs/analysis.md says so. Chinchilla is its limit a1 = a2 = 0 (constant data exponent and
 coefficient) with the N-only term E + A/N^alpha written as exp(b3 + a3 N^gamma) (equal at large N, gamma < 0).
 

@@ -83,7 +83,7 @@ CHINCHILLA = Law(
     formula="L = E + A / N^alpha + B / D^beta",
     inputs=("N", "D"),
     raw=("e", "a", "b", "alpha", "beta"),
-    # Hoffmann et al.'s grid (REFERENCE.md section 4): 6 x 6 x 5 x 5 x 5 = 4,500 starts
+    # Hoffmann et al.'s grid: 6 x 6 x 5 x 5 x 5 = 4,500 starts
     grid={"e": (-1.0, -0.5, 0.0, 0.5, 1.0), "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
           "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0), "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
           "beta": (0.0, 0.5, 1.0, 1.5, 2.0)},

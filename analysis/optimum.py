@@ -1,4 +1,4 @@
-"""The optimum of a loss-vs-log2(hp) curve (REFERENCE.md section 5), the statistics under analysis/transfer.py.
+"""The optimum of a loss-vs-log2(hp) curve (docs/transfer.md), the statistics under analysis/transfer.py.
 
 A parabola through the points within 1.2x of the minimum and within WINDOW grid points of it; its vertex is
 log2 eta*, unless the minimum sits at the edge of the kept points, the parabola is concave or too few points are
@@ -63,7 +63,7 @@ def _fit_rows(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     finite = np.isfinite(y)
     has = finite.any(1)
     ymin = np.where(finite, y, np.inf).min(1)
-    # The lowest points only (REFERENCE.md section 5): within 1.2x of the minimum AND within WINDOW grid points of
+    # The lowest points only (docs/transfer.md): within 1.2x of the minimum AND within WINDOW grid points of
     # it. Loss vs log2 LR is asymmetric (steep on the high side), so a parabola through the whole 1.2x band put
     # its vertex loss below every observed point in the transfer sweep of docs/transfer.md.
     near = np.abs(np.arange(len(x))[None, :] - np.where(finite, y, np.inf).argmin(1)[:, None]) <= WINDOW

@@ -1,4 +1,4 @@
-"""Hyperparameter transfer across width or depth (REFERENCE.md section 5): where is the optimum, does it move?
+"""Hyperparameter transfer across width or depth (docs/transfer.md): where is the optimum, does it move?
 
 Reads a sweep directory of run directories (config.yaml + summary.json, through testbed.sweepdir) and nothing else:
 no JAX, no model code. Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the
@@ -28,7 +28,7 @@ HP_LABELS = {"optim.lr": "learning rate", "optim.weight_decay": "weight decay"}
 
 @dataclass(frozen=True)
 class Thresholds:
-    """REFERENCE.md section 5's criteria for good transfer (echoed in every result)."""
+    """The protocol's criteria for good transfer (echoed in every result)."""
 
     drift: float = 0.5  # max - min of log2 eta* over the axis values
     slope: float = 0.1  # |d log2 eta* / d log2 axis|

@@ -4,7 +4,7 @@
 
 Runs the compiled train step under jax.profiler, sums each XLA op's device time from the trace, and maps
 every op to a category through the `op_name` metadata of the compiled HLO (which module it came from) and
-its kind (matmul vs elementwise/transposing fusion). Default shape: the issue's reference
+its kind (matmul vs elementwise/transposing fusion). Default shape: the reference
 (d_model 256, 4 layers, 4 heads, vocab 256, seq_len 256, batch 16, float32).
 """
 

@@ -3,7 +3,7 @@
     python bench/train_step.py [--steps 10] [--set key=value ...]
 
 Shape: n_layers 4, heads of 64 (d_model / 64, at least 1), vocab 256, seq_len 256, batch 16, float32
-(the shape the issue's reference numbers were measured at, for d_model 256).
+(the shape the reference numbers were measured at, for d_model 256).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The muP coordinate check, across width and across depth (REFERENCE.md section 5).
+"""The muP coordinate check, across width and across depth.
 
 coord_check trains each shape a few steps on one fixed batch with a large LR and records mean |activation| of
 every module output at each step. Under a parametrization that transfers, those numbers do not move with width

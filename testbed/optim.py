@@ -9,7 +9,7 @@ hyperparameters (`optax.inject_hyperparams`), and the schedule's numbers (length
 schedule state: all live in the optimizer state, so the train step is a pure function of (params, optimizer state,
 batch), a pack of runs vmaps over them with the state (`init`), and runs of different lengths share one program.
 
-Weight decay conventions (REFERENCE.md section 2):
+Weight decay conventions (Loshchilov & Hutter; Wang & Aitchison):
   coupled      theta <- theta - eta_t * (u + lambda * theta)      (optax.adamw / PyTorch AdamW)
   independent  theta <- (1 - s_t * lambda) * theta - eta_t * u,   s_t = eta_t / eta_peak
 The independent form is the coupled one with lambda_coupled = lambda / eta_peak (see `coupled_decay`).

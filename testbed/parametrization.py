@@ -3,7 +3,7 @@
 The model reads `init_std`, `forward_mult`, `attn_scale` and `residual_mult`; the optimizer reads `lr_mult`,
 `wd_mult` and `eps_mult`. Nothing else decides how a parameter scales with width or depth.
 
-Notation (REFERENCE.md section 1): m = d_model / base_width; m_in = fan_in / base fan-in (every hidden fan-in
+Notation (Tensor Programs V): m = d_model / base_width; m_in = fan_in / base fan-in (every hidden fan-in
 of this family, d_model, n_heads * head_dim and d_ff, scales with d_model, so m_in = m); m_L = n_layers /
 base_depth; alpha = residual-branch exponent (0 for sp/mup, 0.5 depth_mup, 1 completep).
 
@@ -102,7 +102,7 @@ def _eps_factor(cfg, role: str, in_block: bool) -> float:
 
 
 def _wd_rule_factor(cfg, role: str, in_block: bool, lr_total: float) -> float:
-    """optim.wd_rule (REFERENCE.md section 2) as a multiplier of the coupled lambda of one group.
+    """optim.wd_rule (docs/transfer.md) as a multiplier of the coupled lambda of one group.
 
     constant_tau: eta_g * lambda_g constant across width/depth (lambda * m_in for muP hidden matrices).
     sqrt:         lambda * sqrt(m_in) for hidden matrices (Fan et al. 2025).

@@ -1,4 +1,4 @@
-"""Top singular value of every matrix parameter: Fan et al.'s weight-decay diagnostic (REFERENCE.md section 2).
+"""Top singular value of every matrix parameter: Fan et al.'s weight-decay diagnostic.
 
 Power iteration in one small jitted program: 64 matrix-vector pairs per matrix, by FLOP count (estimated, not
 timed) about 1% of a d_model-256 train step when logged every eval. Dispatched asynchronously like eval; no
