@@ -13,8 +13,9 @@ from testbed import compile_cache
 from testbed.config import ConfigError
 
 # the commands in the order `testbed --help` lists them
-ORDER = ("train", "info", "config", "env", "bench", "train-pack", "fetch-corpus", "export", "sweep", "status", "fit",
-         "backtest", "compare", "simulate", "plan", "quickstart", "plot", "report", "transfer", "coordcheck", "launch")
+ORDER = ("train", "info", "config", "env", "bench", "train-pack", "fetch-corpus", "datasets", "export", "sweep",
+         "status", "fit", "backtest", "compare", "simulate", "plan", "quickstart", "plot", "report", "transfer",
+         "coordcheck", "launch")
 # commands that compile programs in this process (fits, training) use the persistent compilation cache (`bench` does
 # not: it measures compile time)
 COMPILING = ("train", "train-pack", "fit", "backtest", "compare", "simulate", "plan", "quickstart", "plot",

@@ -1,4 +1,5 @@
-"""`testbed` commands for one run: train, info, config, bench, train-pack, fetch-corpus, export, coordcheck, launch."""
+"""`testbed` commands for one run and its inputs: train, info, config, bench, train-pack, fetch-corpus, datasets,
+export, coordcheck, launch."""
 
 from __future__ import annotations
 
@@ -126,6 +127,24 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_datasets(args) -> int:
+    from testbed.data import published
+
+    if args.action == "list":
+        rows = published.listing()
+        print(dumps(rows) if args.json else published.format_listing(rows))
+        return 0
+    if not args.name:
+        raise config.ConfigError("NAME: say which set to get, e.g. testbed datasets get epoch-chinchilla")
+    try:
+        paths = published.get(args.name, args.out)
+    except published.DownloadError as e:
+        stderr(f"testbed datasets: {e}")
+        return 1
+    print(dumps({"name": args.name, "files": [str(p) for p in paths]}))
+    return 0
+
+
 def cmd_export(args) -> int:
     from testbed import trackers
     from testbed.runstore import RunDir
@@ -184,6 +203,13 @@ COMMANDS = (
     ), cmd_fetch_corpus),
     Command("config", "every config key: type, default (or the value CONFIG and --set resolve to), one line of help",
             (*config_args(required=False), JSON), cmd_config),
+    Command("datasets", "the published scaling data the docs use (source, licence, checksum); `get NAME` "
+            "downloads one into data/NAME/", (
+        arg("action", nargs="?", choices=("list", "get"), default="list"),
+        arg("name", nargs="?", metavar="NAME"),
+        arg("--out", default="data", help="folder for `get` (default data; the set goes to OUT/NAME)"),
+        JSON,
+    ), cmd_datasets),
     Command("export", "replay runs' metrics.jsonl into TensorBoard (RUN/tensorboard) or Weights & Biases", (
         arg("path", metavar="RUN_OR_SWEEP", help="a run directory, or a sweep directory (every run in it)"),
         arg("--to", required=True, choices=("tensorboard", "wandb")),
