@@ -93,8 +93,10 @@ class DataConfig:
     path: str | None = None
     format: str = "auto"  # auto | text | json | parquet | hub
     text_field: str = "text"  # text: the record field holding the text (json/parquet/hub)
-    tokenizer: str = "byte"  # byte | bpe
+    tokenizer: str = "byte"  # byte | bpe (trained here on the training split) | pretrained (see tokenizer_name)
     bpe_vocab_size: int = 1024  # tokenizer bpe: vocabulary of the locally trained BPE
+    tokenizer_name: str | None = None  # tokenizer pretrained: a tokenizer.json path, or a hub name (e.g. gpt2; online)
+    hub_max_bytes: int = 64 << 20  # text streamed from a hub dataset (64 MiB; more only if max_unique_tokens needs)
     val_fraction: float = 0.05  # text: fraction of documents held out for eval (chosen by content hash)
     max_unique_tokens: int | None = None  # cap on distinct training tokens; repeats are counted as epochs
     cache_dir: str | None = None  # where BPE tokenizers and token arrays are cached (default ~/.cache/testbed)
@@ -190,7 +192,7 @@ CHOICES = {
     "optim.wd_rule": ("none", "constant_tau", "sqrt", "timescale"),
     "data.source": ("synthetic", "text"),
     "data.format": ("auto", "text", "json", "parquet", "hub"),
-    "data.tokenizer": ("byte", "bpe"),
+    "data.tokenizer": ("byte", "bpe", "pretrained"),
     "optim.wd_convention": ("coupled", "independent"),
     "optim.schedule": ("constant", "cosine", "linear", "inverse_sqrt", "wsd"),
     "optim.cooldown_shape": ("linear", "cosine", "1-sqrt"),
@@ -477,7 +479,11 @@ def _validate_data(cfg: Config) -> None:
         raise ConfigError("data.path: data.source=text needs a path (a file, a folder or a hub dataset name)")
     if d.source == "synthetic" and d.branching > m.vocab_size:
         raise ConfigError(f"data.branching: {d.branching} exceeds model.vocab_size={m.vocab_size}")
-    if d.source == "text":
+    if d.source == "text" and d.tokenizer == "pretrained" and not d.tokenizer_name:
+        raise ConfigError("data.tokenizer_name: data.tokenizer=pretrained needs a tokenizer.json path or a hub name")
+    if d.hub_max_bytes < 1:
+        raise ConfigError(f"data.hub_max_bytes: must be positive, got {d.hub_max_bytes}")
+    if d.source == "text" and d.tokenizer != "pretrained":  # a pretrained one's size is checked when it loads
         need = 256 if d.tokenizer == "byte" else d.bpe_vocab_size
         if m.vocab_size < need:
             raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "

@@ -74,7 +74,8 @@ def header(prov: dict) -> str:
     for key, value in prov.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
-        lines.append(f"#   {key}: {value}")
+        text = " ".join(str(value).splitlines())  # one comment line each (a `python -c` command has newlines)
+        lines.append(f"#   {key}: {text[:500]}{' ...' if len(text) > 500 else ''}")
     return "\n".join(lines) + "\n"
 
 

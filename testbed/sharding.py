@@ -121,9 +121,10 @@ def param_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
 
 
 def to_global(x, sharding: NamedSharding) -> jax.Array:
-    """A host (or single-device) value as a global array: each process fills only its own devices' slices."""
-    x_host = np.asarray(x)
-    return jax.make_array_from_callback(x_host.shape, sharding, lambda idx: np.asarray(x_host[idx]))
+    """A host (or single-device) value as a global array: each process fills only its own devices' slices. A lazy
+    view (testbed.data.base.LazyBatch: has .shape, reads what it is indexed with) is never materialized whole."""
+    x_host = x if hasattr(x, "shape") and hasattr(x, "source") else np.asarray(x)
+    return jax.make_array_from_callback(tuple(x_host.shape), sharding, lambda idx: np.asarray(x_host[idx]))
 
 
 class Placement:

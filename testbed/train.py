@@ -21,6 +21,7 @@ import optax
 from testbed import faults, hardware, optim, sharding, spectral
 from testbed.config import Config
 from testbed.data import Source
+from testbed.data.base import LazyBatch
 from testbed.loop import Member, make_member, train_members
 from testbed.model import Transformer, init_params, param_info
 from testbed.runstore import RunDir
@@ -162,8 +163,9 @@ class SingleProgram:
             self.sv.vecs = place.put(self.sv.vecs)
 
     def batch_at(self, step: int):
-        batch_AxBxLp1 = self.source.train_batch(step, self.cfg.train.batch_size).reshape(self.shape)
-        return batch_AxBxLp1 if self.place is None else self.place.batch(batch_AxBxLp1, axis=1)
+        if self.place is not None:  # on a mesh each process reads only its devices' rows
+            return self.place.batch(LazyBatch(self.source, step, self.cfg.train.batch_size, self.shape), axis=1)
+        return self.source.train_batch(step, self.cfg.train.batch_size).reshape(self.shape)
 
     def step(self, batch, stop: bool):
         self.state, metrics = self.step_fn(self.state, batch)

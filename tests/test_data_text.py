@@ -136,14 +136,16 @@ def test_bpe_trains_on_train_split_caches_and_round_trips(tmp_path, txt_dir, mon
     stream = decoded_train_text(src)
     assert stream.count(text.EOT) == src.meta["train_documents"]
     tok_file = Path(src.meta["tokenizer_path"])
-    tokens_files = sorted((tmp_path / "cache" / "tokens").glob("*.npy"))
-    assert tok_file.is_file() and len(tokens_files) == 2  # train and val streams
+    entries = sorted((tmp_path / "cache" / "tokens").glob("*/meta.json"))
+    assert tok_file.is_file() and len(entries) == 1  # one token cache entry: train.bin, val.bin, meta.json
+    assert isinstance(src.train_T, np.memmap) and src.train_T.dtype == np.uint16  # read from disk, not held
 
     def boom(*a, **k):
         raise AssertionError("cache miss: retrained or re-encoded")
 
     monkeypatch.setattr(text, "train_bpe", boom)
-    monkeypatch.setattr(text.BpeTokenizer, "encode", boom)
+    monkeypatch.setattr(text.BpeTokenizer, "encode_each", boom)
+    monkeypatch.setattr(text, "_iter_local", boom)  # nor is the corpus read again
     again = source(txt_dir, tmp_path, tokenizer="bpe", bpe_vocab_size=300)
     np.testing.assert_array_equal(again.train_T, src.train_T)
     np.testing.assert_array_equal(again.eval_set().tokens_ExLp1, src.eval_set().tokens_ExLp1)

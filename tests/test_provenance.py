@@ -74,3 +74,9 @@ def test_report_shows_the_provenance_and_warns_when_runs_differ(tmp_path, cli):
     assert "id='provenance'" in page and "versions.jax" in page and "node1" in page
     text = cli("report", str(sweep), "--out", str(tmp_path / "rep"), "--kinds", "curves")
     assert "provenance:" in text.stdout and "WARNING provenance" in text.stdout
+
+
+def test_a_multiline_command_stays_inside_the_comment_header():
+    block = provenance.header({"command": "python -c 'import x\nx.run()\n'", "versions": {"jax": "1"}})
+    assert all(line.startswith("#") for line in block.splitlines())
+    assert yaml.safe_load(block + "seed: 3\n") == {"seed": 3}

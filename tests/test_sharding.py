@@ -275,3 +275,24 @@ def test_two_processes_match_one_device_and_stop_together(jax_env, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["processes"] == 2 and summary["devices"] == 8
     assert_close(losses(out), losses(tmp_path / "ref"))
+
+
+def test_each_device_reads_only_its_rows_of_the_batch(jax_env):
+    """On a mesh the batch is a lazy view: every device's slice is read by itself (on several hosts, each process
+    reads only its shard), and the assembled global batch is the one train_batch gives."""
+    out = run_on_devices(jax_env, f"""
+        import json, numpy as np
+        from testbed import config as C, sharding
+        from testbed.data import make_source
+        from testbed.data.base import LazyBatch
+        cfg = C.load({str(TINY)!r}, {FAST!r} + ["train.mesh.data=-1"])
+        place = sharding.placement(cfg)
+        src = make_source(cfg.data, cfg.model.vocab_size, cfg.seed)
+        calls, read = [], src.train_rows
+        src.train_rows = lambda step, b, rows: (calls.append(list(map(int, rows))), read(step, b, rows))[1]
+        shape = (1, 8, cfg.data.seq_len + 1)
+        arr = place.batch(LazyBatch(src, 5, 8, shape), axis=1)
+        eager = src.train_batch(5, 8).reshape(shape)
+        print(json.dumps({{"equal": bool(np.array_equal(np.asarray(arr), eager)), "calls": sorted(calls)}}))
+    """)
+    assert out["equal"] and out["calls"] == [[i] for i in range(8)]

@@ -44,9 +44,35 @@ class Source:
         """Returns the int32 [batch_size, seq_len + 1] batch for `step`; a pure function of (seed, step)."""
         raise NotImplementedError
 
+    def train_rows(self, step: int, batch_size: int, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` of train_batch(step, batch_size): what one process of a multi-host run reads (its shard).
+        Sources that can read less than the whole batch (text: a few windows of the token file) override it."""
+        return self.train_batch(step, batch_size)[rows]
+
     def eval_set(self) -> EvalSet:
         raise NotImplementedError
 
     def epochs_at(self, tokens: int) -> float | None:
         """How many passes over the unique training tokens `tokens` amounts to (None for infinite sources)."""
         return None
+
+
+class LazyBatch:
+    """The batch of `step` as an A x micro x (L+1) view that reads only the rows it is indexed with: placed on a
+    mesh (testbed.sharding.to_global) each process fills only its own devices' slices, so on several hosts each
+    reads only its shard of the global batch."""
+
+    def __init__(self, source: Source, step: int, batch_size: int, shape: tuple[int, int, int]):
+        self.source, self.step, self.batch_size, self.shape = source, step, batch_size, shape
+
+    def __getitem__(self, idx: tuple) -> np.ndarray:
+        a_sl, m_sl, l_sl = (tuple(idx) + (slice(None),) * 3)[:3]
+        A, micro, _ = self.shape
+        a_A, m_M = np.arange(A)[a_sl], np.arange(micro)[m_sl]
+        rows = (a_A[:, None] * micro + m_M[None, :]).reshape(-1)
+        out = self.source.train_rows(self.step, self.batch_size, rows)
+        return out.reshape(len(a_A), len(m_M), -1)[:, :, l_sl]
+
+    def __array__(self, dtype=None, copy=None):
+        full = self.source.train_batch(self.step, self.batch_size).reshape(self.shape)
+        return full if dtype is None else full.astype(dtype)

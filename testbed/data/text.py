@@ -1,8 +1,10 @@
 """Real text through HF `datasets`: local files or a streamed hub dataset, byte or BPE tokens, packed windows.
 
-Pipeline: documents -> exact-duplicate removal -> document-level train/val split -> tokenizer (byte, or BPE
-trained on the train split only) -> one token stream per split (each document followed by a separator)
--> windows of seq_len + 1 tokens at stride seq_len, so every target token is predicted once per epoch.
+Pipeline: documents -> exact-duplicate removal -> document-level train/val split -> tokenizer (byte, BPE
+trained on the train split only, or a pretrained tokenizer.json / hub tokenizer) -> one token stream per split
+(each document followed by a separator), tokenized once into a memory-mapped cache on disk (testbed/data/tokcache.py)
+-> windows of seq_len + 1 tokens at stride seq_len, so every target token is predicted once per epoch. Memory stays
+flat as the corpus grows: documents are streamed, never held, and a run reads only the windows of its batches.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ import glob
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from testbed.config import ConfigError, DataConfig
+from testbed.data import tokcache
 from testbed.data.base import EvalSet, Source
 
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 EOT = "<|endoftext|>"  # BPE document separator (a special token, id 0)
 BYTE_SEP = 0  # byte tokenizer's separator: NUL never occurs in ordinary UTF-8 text, so it only marks ends
 TOKENIZER_VERSION = 1  # bump when the BPE recipe changes, so cached tokenizers and token arrays are rebuilt
-HUB_MAX_BYTES = 64 << 20  # hub text streamed per run (more only if max_unique_tokens needs more)
+EOS_TOKENS = (EOT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")  # a pretrained tokenizer's document separator
 HUB_PROBE_TIMEOUT_S = 5.0
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 
@@ -94,9 +98,9 @@ def resolve_files(path: str, fmt: str) -> tuple[list[Path], str] | None:
     return files, builders.pop()
 
 
-def _rows_to_docs(rows, text_field: str, where: str, max_bytes: int | None = None) -> list[str]:
-    """Pulls the text field out of dataset rows, stopping once `max_bytes` of text are collected."""
-    docs, n_chars = [], 0
+def _iter_rows(rows, text_field: str, where: str, max_bytes: int | None = None) -> Iterator[str]:
+    """The text field of dataset rows, one document at a time, stopping once `max_bytes` of text were read."""
+    n_chars = 0
     for row in rows:
         if text_field not in row:
             raise ConfigError(f"data.text_field: {text_field!r} is not a field of {where}; its fields are "
@@ -107,26 +111,26 @@ def _rows_to_docs(rows, text_field: str, where: str, max_bytes: int | None = Non
         if not isinstance(text, str):
             raise ConfigError(f"data.text_field: {text_field!r} in {where} holds {type(text).__name__}, "
                               "not text; point it at a string field")
-        docs.append(text)
+        yield text
         n_chars += len(text)
         if max_bytes is not None and n_chars >= max_bytes:
-            break
-    return docs
+            return
 
 
-def _load_local(files: list[Path], builder: str, text_field: str) -> list[str]:
-    """One document per text file (sample_by=document: a file is a work, not many one-line docs) or row."""
+def _iter_local(files: list[Path], builder: str, text_field: str) -> Iterator[str]:
+    """One document per text file (sample_by=document: a file is a work, not many one-line docs) or row, streamed
+    (no Arrow copy, nothing held): the token cache reads the corpus twice rather than keeping it."""
     import datasets
 
     kw = {"sample_by": "document"} if builder == "text" else {}
     field = "text" if builder == "text" else text_field
     # load_dataset pings the hub to count downloads even for local files (seconds of DNS timeout offline)
     counts, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, False
-    try:  # streaming reads the files in order without writing an Arrow copy; our caches make re-runs fast
+    try:
         ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True,
                                    **kw)
         where = f"{files[0]}" + (f" (+{len(files) - 1} more files)" if len(files) > 1 else "")
-        return _rows_to_docs(ds, field, where)
+        yield from _iter_rows(ds, field, where)
     except ConfigError:
         raise
     except Exception as e:  # malformed JSON/parquet, undecodable bytes: name the input and the error
@@ -143,8 +147,21 @@ def _hub_offline() -> bool:
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
 
 
-def _load_hub(cfg: DataConfig) -> list[str]:
-    """Streams a bounded prefix of a hub dataset's train split; `path` is `name` or `name:config`."""
+def hub_bytes(cfg: DataConfig) -> int:
+    """Text streamed from a hub dataset: data.hub_max_bytes, raised only when max_unique_tokens needs more. A cap
+    below it does not shrink the download, so the split and tokenizer stay the same across max_unique_tokens
+    values; BPE averages well under 8 bytes/token."""
+    max_bytes = cfg.hub_max_bytes
+    if cfg.max_unique_tokens is not None:
+        per_token = 1 if cfg.tokenizer == "byte" else 8
+        need = 1.1 * cfg.max_unique_tokens * per_token / max(1 - cfg.val_fraction, 0.5)
+        max_bytes = max(max_bytes, int(need))
+    return max_bytes
+
+
+def _hub_stream(cfg: DataConfig) -> Callable[[], Iterator[str]]:
+    """Checks the hub dataset exists (in seconds), then streams a bounded prefix of its train split per call;
+    `path` is `name` or `name:config`."""
     import datasets
     import huggingface_hub
 
@@ -161,20 +178,17 @@ def _load_hub(cfg: DataConfig) -> list[str]:
                           "files, or check the network") from None
     if status == 404:
         raise ConfigError(hint + "no such dataset exists on the hub; fix the path")
-    # A cap below the default does not shrink the download, so the val split and tokenizer stay the same
-    # across max_unique_tokens values; BPE averages well under 8 bytes/token.
-    max_bytes = HUB_MAX_BYTES
-    if cfg.max_unique_tokens is not None:
-        per_token = 1 if cfg.tokenizer == "byte" else 8
-        need = 1.1 * cfg.max_unique_tokens * per_token / max(1 - cfg.val_fraction, 0.5)
-        max_bytes = max(max_bytes, int(need))
-    try:
-        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        return _rows_to_docs(ds, cfg.text_field, f"hub dataset {cfg.path!r}", max_bytes=max_bytes)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(hint + f"loading it failed ({type(e).__name__}: {e})") from None
+
+    def stream() -> Iterator[str]:
+        try:
+            ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+            yield from _iter_rows(ds, cfg.text_field, f"hub dataset {cfg.path!r}", max_bytes=hub_bytes(cfg))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(hint + f"loading it failed ({type(e).__name__}: {e})") from None
+
+    return stream
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -201,9 +215,11 @@ class ByteTokenizer:
     vocab_size = 256
     key = "byte"
 
+    def encode_each(self, docs: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(d.encode("utf-8") + bytes([BYTE_SEP]), dtype=np.uint8) for d in docs]
+
     def encode(self, docs: list[str]) -> np.ndarray:
-        sep = bytes([BYTE_SEP])
-        return np.frombuffer(b"".join(d.encode("utf-8") + sep for d in docs), dtype=np.uint8).copy()
+        return np.concatenate(self.encode_each(docs)) if docs else np.zeros(0, np.uint8)
 
     def decode(self, ids) -> str:
         return bytes(np.asarray(ids, dtype=np.uint8)).decode("utf-8", errors="replace")
@@ -213,8 +229,9 @@ class ByteTokenizer:
         return np.ones(256, np.int64)
 
 
-def train_bpe(train_docs: list[str], vocab_size: int):
-    """Byte-level BPE (GPT-2 style pre-tokenization, no prefix space) so any text encodes and round-trips."""
+def train_bpe(train_docs: Iterable[str], vocab_size: int):
+    """Byte-level BPE (GPT-2 style pre-tokenization, no prefix space) so any text encodes and round-trips; the
+    documents are streamed into the trainer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -226,35 +243,60 @@ def train_bpe(train_docs: list[str], vocab_size: int):
     return tok
 
 
-class BpeTokenizer:
-    """A BPE tokenizer trained on the training split only, cached under cache_dir by content hash."""
+class HFTokenizer:
+    """A `tokenizers` Tokenizer: ours (bpe, trained on the training split) or a pretrained one (a tokenizer.json
+    file, or a hub name when online). Each document is followed by the end-of-text token."""
 
-    name = "bpe"
+    def __init__(self, tok, name: str, key: str, path: Path | None = None):
+        self.tok, self.name, self.key, self.path = tok, name, key, path
+        self.tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not EOT
+        self.vocab_size = self.tok.get_vocab_size()
+        self.eot = next((self.tok.token_to_id(t) for t in EOS_TOKENS if self.tok.token_to_id(t) is not None), None)
+        if self.eot is None:
+            raise ConfigError(f"data.tokenizer_name: the tokenizer has no end-of-text token (one of "
+                              f"{', '.join(EOS_TOKENS)}) to separate documents with")
 
-    def __init__(self, train_docs: list[str], vocab_size: int, cache_dir: Path):
+    @classmethod
+    def bpe(cls, train_docs: Callable[[], Iterator[str]], vocab_size: int, cache_dir: Path, corpus_key: str):
+        """Trained on the training split once per corpus and vocabulary size, cached as tokenizer.json."""
         import tokenizers
         from tokenizers import Tokenizer
 
-        recipe = f"bpe:{vocab_size}:v{TOKENIZER_VERSION}:tokenizers-{tokenizers.__version__}"
-        self.key = _digest(train_docs, recipe)
-        path = cache_dir / "bpe" / f"{self.key[:32]}.json"
+        key = _digest(corpus_key, f"bpe:{vocab_size}:v{TOKENIZER_VERSION}:tokenizers-{tokenizers.__version__}")
+        path = cache_dir / "bpe" / f"{key[:32]}.json"
         if path.is_file():
-            self.tok = Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_file(str(path))
         else:
-            self.tok = train_bpe(train_docs, vocab_size)
-            _atomic_save(path, lambda p: self.tok.save(str(p)))
-        self.tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not EOT
-        self.path = path
-        self.vocab_size = self.tok.get_vocab_size()
-        self.eot = self.tok.token_to_id(EOT)
+            tok = train_bpe(train_docs(), vocab_size)
+            _atomic_save(path, lambda p: tok.save(str(p)))
+        return cls(tok, "bpe", key, path)
+
+    @classmethod
+    def pretrained(cls, name: str | None):
+        """A tokenizer.json path, else a hub tokenizer name (e.g. gpt2; needs the network once)."""
+        from tokenizers import Tokenizer
+
+        if not name:
+            raise ConfigError("data.tokenizer_name: pretrained needs a tokenizer.json path or a hub name (e.g. gpt2)")
+        p = Path(name).expanduser()
+        try:
+            if p.is_file():
+                return cls(Tokenizer.from_file(str(p)), "pretrained", _digest(p.read_bytes()), p)
+            return cls(Tokenizer.from_pretrained(name), "pretrained", _digest(f"hub:{name}"))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"data.tokenizer_name: {name!r} is neither a tokenizer.json file nor a tokenizer on "
+                              f"the hub ({type(e).__name__}: {e})") from None
+
+    def encode_each(self, docs: list[str]) -> list[np.ndarray]:
+        dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+        return [np.asarray([*enc.ids, self.eot], dtype)
+                for enc in self.tok.encode_batch(docs, add_special_tokens=False)]
 
     def encode(self, docs: list[str]) -> np.ndarray:
-        dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.int32
-        out = []
-        for i in range(0, len(docs), 1024):
-            for enc in self.tok.encode_batch(docs[i:i + 1024], add_special_tokens=False):
-                out += [np.asarray(enc.ids, dtype), np.array([self.eot], dtype)]
-        return np.concatenate(out) if out else np.zeros(0, dtype)
+        parts = self.encode_each(docs)
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -268,21 +310,7 @@ class BpeTokenizer:
         return n_V
 
 
-def _encode_cached(tokenizer, docs: list[str], cache_dir: Path) -> np.ndarray:
-    """Byte encoding is a memcpy; BPE streams are cached as .npy keyed by tokenizer and text hashes."""
-    if isinstance(tokenizer, ByteTokenizer):
-        return tokenizer.encode(docs)
-    path = cache_dir / "tokens" / f"{_digest(tokenizer.key, docs)[:32]}.npy"
-    if path.is_file():
-        return np.load(path)
-    tokens_T = tokenizer.encode(docs)
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object, since np.save would append ".npy" to the temp name
-            np.save(f, tokens_T)
-
-    _atomic_save(path, write)
-    return tokens_T
+BpeTokenizer = HFTokenizer  # the name earlier code and tests use
 
 
 # ---------------------------------------------------------------------------------------------- source
@@ -319,7 +347,11 @@ class TextSource(Source):
         return perm_N
 
     def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-        i_B = step * batch_size + np.arange(batch_size, dtype=np.int64)
+        return self.train_rows(step, batch_size, np.arange(batch_size))
+
+    def train_rows(self, step: int, batch_size: int, rows: np.ndarray) -> np.ndarray:
+        """Only the windows of `rows` are read from the (memory-mapped) token file."""
+        i_B = step * batch_size + np.asarray(rows, dtype=np.int64)
         epoch_B, pos_B = np.divmod(i_B, self.n_windows)
         window_B = np.empty_like(pos_B)
         for e in np.unique(epoch_B):
@@ -344,20 +376,26 @@ class TextSource(Source):
         cache_dir, L = _cache_dir(cfg), cfg.seq_len
         resolved = resolve_files(cfg.path, cfg.format)
         if resolved is None:
-            docs, builder, n_files = _load_hub(cfg), "hub", 0
+            stream, builder, n_files = _hub_stream(cfg), "hub", 0
+            ident = ["hub", cfg.path, hub_bytes(cfg)]
         else:
             files, builder = resolved
-            docs, n_files = _load_local(files, builder, cfg.text_field), len(files)
-        n_loaded = len(docs)
-        docs = list(dict.fromkeys(d for d in docs if d.strip()))  # drop empty and exactly repeated documents
-        if not docs:
-            raise ConfigError(f"data.path: {cfg.path!r} holds no text (empty files or empty "
-                              f"{cfg.text_field!r} fields)")
-        train_docs, val_docs = split_documents(docs, cfg.val_fraction)
-        tokenizer = (ByteTokenizer() if cfg.tokenizer == "byte"
-                     else BpeTokenizer(train_docs, cfg.bpe_vocab_size, cache_dir))
-        train_T = _encode_cached(tokenizer, train_docs, cache_dir)
-        val_T = _encode_cached(tokenizer, val_docs, cache_dir)
+            stream, n_files = (lambda: _iter_local(files, builder, cfg.text_field)), len(files)
+            ident = ["local", tokcache.file_stats(files), builder]
+        corpus_key = tokcache.key(ident, cfg.text_field, cfg.val_fraction)
+        tok_spec = {"byte": "byte", "bpe": f"bpe:{cfg.bpe_vocab_size}:v{TOKENIZER_VERSION}",
+                    "pretrained": f"pretrained:{cfg.tokenizer_name}"}[cfg.tokenizer]
+        pretrained = HFTokenizer.pretrained(cfg.tokenizer_name) if cfg.tokenizer == "pretrained" else None
+        if pretrained is not None:
+            tok_spec += f":{pretrained.key}"
+        folder = cache_dir / "tokens" / tokcache.key(corpus_key, tok_spec)
+        entry = tokcache.open_entry(folder)
+        if entry is None:
+            tokenizer = _build_entry(cfg, folder, stream, corpus_key, cache_dir, pretrained)
+            entry = tokcache.open_entry(folder)
+        else:
+            tokenizer = _tokenizer_of(entry[2], pretrained)
+        train_T, val_T, meta_c = entry
         n_train_total = len(train_T)
         if cfg.max_unique_tokens is not None:
             train_T = train_T[: cfg.max_unique_tokens + 1]  # +1: the last window's final target
@@ -366,22 +404,75 @@ class TextSource(Source):
                                   f"(seq_len = {L}); raise it or lower data.seq_len")
         n_eval = min(cfg.eval_sequences, (len(val_T) - 1) // L)
         if n_eval < 1:
-            raise ConfigError(f"data.val_fraction: the validation split ({len(val_docs)} documents) has "
+            raise ConfigError(f"data.val_fraction: the validation split ({meta_c['val_documents']} documents) has "
                               f"{len(val_T)} tokens, fewer than one window of seq_len + 1 = {L + 1}; lower "
                               "data.seq_len or raise data.val_fraction")
         eval_ExLp1 = (val_T[np.arange(n_eval)[:, None] * L + np.arange(L + 1)]).astype(np.int32)
         bytes_per_token = float(tokenizer.token_bytes_V[eval_ExLp1[:, 1:]].mean())
         meta = {"source": "text", "path": cfg.path, "format": builder, "files": n_files,
-                "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "documents": len(docs),
-                "dropped_documents": n_loaded - len(docs), "train_documents": len(train_docs),
-                "val_documents": len(val_docs), "train_tokens_total": n_train_total,
-                "max_unique_tokens": cfg.max_unique_tokens, "val_tokens": len(val_T),
-                "eval_sequences": n_eval, "bytes_per_token": bytes_per_token,
-                "data_hash": _digest(tokenizer.key, train_docs, val_docs)[:16]}
-        if isinstance(tokenizer, BpeTokenizer):
+                "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+                **{k: meta_c[k] for k in ("documents", "dropped_documents", "train_documents", "val_documents",
+                                          "val_tokens", "data_hash")},
+                "train_tokens_total": n_train_total, "max_unique_tokens": cfg.max_unique_tokens,
+                "eval_sequences": n_eval, "bytes_per_token": bytes_per_token, "token_cache": str(folder)}
+        if getattr(tokenizer, "path", None) is not None:
             meta["tokenizer_path"] = str(tokenizer.path)
         src = cls(train_T, eval_ExLp1, vocab_size=tokenizer.vocab_size, seq_len=L, seed=seed,
                   bytes_per_token=bytes_per_token, meta=meta)
         src.tokenizer = tokenizer
         src.meta.update(train_tokens_unique=src.train_tokens_unique, train_windows=src.n_windows)
         return src
+
+
+def _build_entry(cfg: DataConfig, folder: Path, stream: Callable[[], Iterator[str]], corpus_key: str,
+                 cache_dir: Path, pretrained: HFTokenizer | None):
+    """The token cache entry for this corpus and tokenizer (testbed/data/tokcache.py); returns the tokenizer."""
+    order, n_loaded, only = tokcache.scan(stream())
+    if not order:
+        raise ConfigError(f"data.path: {cfg.path!r} holds no text (empty files or empty {cfg.text_field!r} fields)")
+    single = None
+    if len(order) == 1:
+        (train_doc,), (val_doc,) = split_documents([only], cfg.val_fraction)
+        single, val = (train_doc, val_doc), []
+    else:
+        val = tokcache.validation_hashes(order, cfg.val_fraction)
+    val_set = set(val)
+
+    def train_docs() -> Iterator[str]:
+        if single is not None:
+            yield single[0]
+            return
+        seen: set[bytes] = set()
+        for doc in stream():
+            d = tokcache.digest_doc(doc) if doc.strip() else None
+            if d is None or d in seen or d in val_set:
+                continue
+            seen.add(d)
+            yield doc
+
+    if cfg.tokenizer == "byte":
+        tokenizer = ByteTokenizer()
+    elif cfg.tokenizer == "bpe":
+        tokenizer = HFTokenizer.bpe(train_docs, cfg.bpe_vocab_size, cache_dir, corpus_key)
+    else:
+        tokenizer = pretrained
+    n_val = 1 if single is not None else len(val)
+    meta = {"documents": len(order), "dropped_documents": n_loaded - len(order),
+            "train_documents": len(order) if single is not None else len(order) - n_val, "val_documents": n_val,
+            "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "tokenizer_key": tokenizer.key,
+            "tokenizer_path": str(tokenizer.path) if getattr(tokenizer, "path", None) else None}
+    tokcache.build(folder, stream, order, val, tokenizer.encode_each, tokcache.dtype_for(tokenizer.vocab_size),
+                   meta, single)
+    return tokenizer
+
+
+def _tokenizer_of(meta: dict, pretrained: HFTokenizer | None):
+    """The tokenizer a cache entry was built with (for decoding and bytes per token)."""
+    from tokenizers import Tokenizer
+
+    if meta["tokenizer"] == "byte":
+        return ByteTokenizer()
+    if meta["tokenizer"] == "pretrained":
+        return pretrained
+    path = Path(meta["tokenizer_path"])
+    return HFTokenizer(Tokenizer.from_file(str(path)), "bpe", meta["tokenizer_key"], path)
