@@ -141,7 +141,7 @@ COMMANDS = (
             "held-out larger run, write the report (about 9 min on 2 CPU cores)", (
         arg("--out", default="runs/quickstart", help="output directory (default runs/quickstart)"),
         arg("--size", default="small", choices=("small", "tiny", "gpu"),
-            help="small (2-core laptop, default) | tiny (a 3-minute check of the pipeline) | gpu (one accelerator)"),
+            help="small (2-core laptop, default) | tiny (a 2-3 minute check of the pipeline) | gpu (one accelerator)"),
         arg("--seed", type=int, default=0, help="seed of every run: initialization, data order and eval set "
             "(another seed is another quickstart: use another --out)"),
         arg("--workers", type=int, help="training processes (default: the measured local layout)"),
