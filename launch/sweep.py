@@ -359,15 +359,13 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, workers: int | None =
         + (f", {packs} pack(s) of up to {p.layout.pack}" if packs else "") + f" into {out}"
         + (f"; layout {p.layout.name}: {p.why}" if backend == "local" and todo else ""))
 
-    k = 0
-    names = {r.run_id: r.name for r in runs}  # progress lines say what each run is, not only its hash
+    k, names = 0, {r.run_id: r.name for r in runs}  # progress lines say what each run is, not only its hash
 
     def on_result(res: dict) -> None:
         nonlocal k
         k += 1
         final[res["run_id"]] = res["status"]
-        loss = res.get("final_eval_loss")
-        name = names.get(res["run_id"]) or ""
+        loss, name = res.get("final_eval_loss"), names.get(res["run_id"]) or ""
         log(f"[{k}/{len(todo)}] {res['run_id']}{f' ({name})' if name else ''} {res['status']} "
             f"{'-' if loss is None else fmt(float(loss))} {res.get('wall_s', 0.0):.1f}s"
             + (f" (exit {res['returncode']}, see {out / res['run_id'] / 'train.log'})"

@@ -14,8 +14,9 @@ import pytest
 
 from testbed import config as C
 from testbed.config import ConfigError, DataConfig
-from testbed.data import corpus, make_source, text
-from testbed.data.text import ByteTokenizer, TextSource
+from testbed.data import corpus, make_source, text, tokenizer
+from testbed.data.text import TextSource
+from testbed.data.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "thou art the sun moon king queen sword crown night day love death fair foul grief mirth wit".split()
@@ -119,7 +120,7 @@ def test_byte_tokenizer_round_trips_and_separates_documents():
     tok = ByteTokenizer()
     docs = ["héllo wörld ☀", "", "日本語\n\nx"]
     ids = tok.encode(docs)
-    assert ids.max() < 256 and (ids == text.BYTE_SEP).sum() == 3
+    assert ids.max() < 256 and (ids == tokenizer.BYTE_SEP).sum() == 3
     assert tok.decode(ids) == "\0".join(docs) + "\0"
     assert len(ids) == sum(len(d.encode()) + 1 for d in docs)
 
@@ -134,7 +135,7 @@ def test_bpe_trains_on_train_split_caches_and_round_trips(tmp_path, txt_dir, mon
         ids = tok.tok.encode(s).ids
         assert tok.decode(ids) == s and tok.eot not in ids
     stream = decoded_train_text(src)
-    assert stream.count(text.EOT) == src.meta["train_documents"]
+    assert stream.count(tokenizer.EOT) == src.meta["train_documents"]
     tok_file = Path(src.meta["tokenizer_path"])
     entries = sorted((tmp_path / "cache" / "tokens").glob("*/meta.json"))
     assert tok_file.is_file() and len(entries) == 1  # one token cache entry: train.bin, val.bin, meta.json
@@ -143,8 +144,8 @@ def test_bpe_trains_on_train_split_caches_and_round_trips(tmp_path, txt_dir, mon
     def boom(*a, **k):
         raise AssertionError("cache miss: retrained or re-encoded")
 
-    monkeypatch.setattr(text, "train_bpe", boom)
-    monkeypatch.setattr(text.BpeTokenizer, "encode_each", boom)
+    monkeypatch.setattr(tokenizer, "train_bpe", boom)
+    monkeypatch.setattr(tokenizer.HFTokenizer, "encode_each", boom)
     monkeypatch.setattr(text, "_iter_local", boom)  # nor is the corpus read again
     again = source(txt_dir, tmp_path, tokenizer="bpe", bpe_vocab_size=300)
     np.testing.assert_array_equal(again.train_T, src.train_T)
@@ -156,7 +157,7 @@ def test_bpe_trains_on_train_split_caches_and_round_trips(tmp_path, txt_dir, mon
 def test_bpe_bytes_per_token_matches_the_text(tmp_path, txt_dir):
     src = source(txt_dir, tmp_path, tokenizer="bpe", bpe_vocab_size=280)
     targets_ExL = src.eval_set().tokens_ExLp1[:, 1:]
-    n_bytes = sum(len(src.tokenizer.decode(row).replace(text.EOT, "\0").encode()) for row in targets_ExL)
+    n_bytes = sum(len(src.tokenizer.decode(row).replace(tokenizer.EOT, "\0").encode()) for row in targets_ExL)
     assert src.eval_set().bytes_per_token == pytest.approx(n_bytes / targets_ExL.size, rel=0.02)
 
 
