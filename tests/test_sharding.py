@@ -270,11 +270,16 @@ def test_two_processes_match_one_device_and_stop_together(jax_env, tmp_path):
     n = len(losses(out))
     assert 6 <= n < 24
     assert [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()] == [n]
-    codes = _wait(_start_pair(jax_env, out, sets))
+    codes = _wait(_start_pair(jax_env, out, [*sets, "train.trackers=[jsonl, tensorboard]"]))  # not the run's id
     assert codes == [0, 0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["processes"] == 2 and summary["devices"] == 8
     assert_close(losses(out), losses(tmp_path / "ref"))
+    # the tracker is written by process 0 alone, rebuilt from metrics.jsonl on the resume: one event file, every row
+    from .test_trackers import jsonl_scalars, read_events
+
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert set(read_events(out / "tensorboard")[0]) == set(jsonl_scalars(out))
 
 
 def test_each_device_reads_only_its_rows_of_the_batch(jax_env):
