@@ -29,6 +29,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from testbed import multihost
 from testbed.config import MESH_AXES, Config, ConfigError
+from testbed.data.base import LazyBatch
 
 BATCH_AXES = MESH_AXES  # the batch dimension is split over data x fsdp
 
@@ -123,7 +124,7 @@ def param_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
 def to_global(x, sharding: NamedSharding) -> jax.Array:
     """A host (or single-device) value as a global array: each process fills only its own devices' slices. A lazy
     view (testbed.data.base.LazyBatch: has .shape, reads what it is indexed with) is never materialized whole."""
-    x_host = x if hasattr(x, "shape") and hasattr(x, "source") else np.asarray(x)
+    x_host = x if isinstance(x, LazyBatch) else np.asarray(x)
     return jax.make_array_from_callback(tuple(x_host.shape), sharding, lambda idx: np.asarray(x_host[idx]))
 
 

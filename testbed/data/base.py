@@ -46,8 +46,13 @@ class Source:
 
     def train_rows(self, step: int, batch_size: int, rows: np.ndarray) -> np.ndarray:
         """Rows `rows` of train_batch(step, batch_size): what one process of a multi-host run reads (its shard).
-        Sources that can read less than the whole batch (text: a few windows of the token file) override it."""
-        return self.train_batch(step, batch_size)[rows]
+        Sources that can read less than the whole batch (text: a few windows of the token file) override it; this
+        default builds the whole batch once per step (a mesh asks for it device by device)."""
+        last = self.__dict__.get("_last_batch")
+        if last is None or last[0] != (step, batch_size):
+            last = ((step, batch_size), self.train_batch(step, batch_size))
+            self.__dict__["_last_batch"] = last
+        return last[1][rows]
 
     def eval_set(self) -> EvalSet:
         raise NotImplementedError
