@@ -316,13 +316,7 @@ def _build_entry(cfg: DataConfig, folder: Path, stream: Callable[[], Iterator[st
         if single is not None:
             yield single[0]
             return
-        seen: set[bytes] = set()
-        for doc in stream():
-            d = tokcache.digest_doc(doc) if doc.strip() else None
-            if d is None or d in seen or d in val_set:
-                continue
-            seen.add(d)
-            yield doc
+        yield from (doc for d, doc in tokcache.distinct(stream()) if d not in val_set)
 
     if cfg.tokenizer == "byte":
         tokenizer = ByteTokenizer()

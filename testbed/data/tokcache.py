@@ -63,23 +63,35 @@ def digest_doc(doc: str) -> bytes:
     return hashlib.sha256(doc.encode("utf-8")).digest()
 
 
-def scan(docs: Iterable[str]) -> tuple[list[bytes], int, str | None]:
-    """Pass 1: the distinct non-empty documents' hashes in order, how many were read, and the document itself when
-    there is exactly one (a single document is split at its tail, so the split needs its text)."""
+def distinct(docs: Iterable[str]) -> Iterator[tuple[bytes, str]]:
+    """(content hash, document) of each non-empty document the first time it occurs: the one dedupe rule of every
+    pass over a corpus (scan, the BPE trainer's input, build)."""
     seen: set[bytes] = set()
-    order: list[bytes] = []
-    n_loaded, only = 0, None
     for doc in docs:
-        n_loaded += 1
         if not doc.strip():
             continue
         d = digest_doc(doc)
-        if d in seen:
-            continue
-        seen.add(d)
+        if d not in seen:
+            seen.add(d)
+            yield d, doc
+
+
+def scan(docs: Iterable[str]) -> tuple[list[bytes], int, str | None]:
+    """Pass 1: the distinct non-empty documents' hashes in order, how many were read, and the document itself when
+    there is exactly one (a single document is split at its tail, so the split needs its text)."""
+    counted = {"n": 0}
+
+    def count(docs_in: Iterable[str]) -> Iterator[str]:
+        for doc in docs_in:
+            counted["n"] += 1
+            yield doc
+
+    order: list[bytes] = []
+    only = None
+    for d, doc in distinct(count(docs)):
         order.append(d)
         only = doc if len(order) == 1 else None
-    return order, n_loaded, only
+    return order, counted["n"], only
 
 
 def validation_hashes(order: list[bytes], val_fraction: float) -> list[bytes]:
@@ -110,7 +122,7 @@ def build(folder: Path, docs: Callable[[], Iterator[str]], order: list[bytes], v
             write_train(train_ids)
             val, held = [b"val"], {b"val": val_ids}
         else:
-            val_set, emitted, batch = set(val), set(), []
+            val_set, batch = set(val), []
 
             def flush() -> None:
                 for (d, _), ids in zip(batch, encode_each([doc for _, doc in batch]), strict=True):
@@ -120,13 +132,7 @@ def build(folder: Path, docs: Callable[[], Iterator[str]], order: list[bytes], v
                         write_train(ids)
                 batch.clear()
 
-            for doc in docs():
-                if not doc.strip():
-                    continue
-                d = digest_doc(doc)
-                if d in emitted:
-                    continue
-                emitted.add(d)
+            for d, doc in distinct(docs()):
                 batch.append((d, doc))
                 if len(batch) >= BATCH_DOCS:
                     flush()
