@@ -1,27 +1,28 @@
 """Hyperparameter transfer across width or depth (docs/transfer.md): where is the optimum, does it move?
 
-Reads a sweep directory of run directories (config.yaml + summary.json, through testbed.sweepdir) and nothing else:
-no JAX, no model code. Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the
+Reads a sweep directory of run directories, or the CSV table exported from one (analysis/runtable.py), and nothing
+else: no JAX, no model code. Runs are grouped into panels (e.g. SP vs muP) by the config keys that vary apart from the
 swept hp, the scaled axis and the seed. Per panel and axis value: loss vs log2(hp) averaged over seeds, a parabola
 through the points within 1.2x of the minimum, its vertex log2 eta* with a bootstrap-over-seeds CI
 (analysis/optimum.py). Across axis values: drift, slope, the loss penalty of transferring the smallest model's
-optimum, and whether wider is better.
+optimum, and whether wider is better. Where the runs logged sigma_max, also Fan et al.'s normalized sigma_max of the
+hidden matrices at each optimum (interpolated in log2 hp), whose spread across widths says if it is width-invariant.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from testbed.analysis.optimum import MAX_RATIO, Cell, bootstrap_ci, fit_optimum, loss_at, why_missing
+from testbed.analysis.runtable import RunTable, load, load_runs  # noqa: F401  (load, load_runs: the readers)
 
 from testbed.config import ConfigError
-from testbed.runstore import flatten, jsonable, number
-from testbed.sweepdir import SweepDir
+from testbed.runstore import jsonable, number
 
 HP_LABELS = {"optim.lr": "learning rate", "optim.weight_decay": "weight decay"}
 
@@ -33,40 +34,6 @@ class Thresholds:
     drift: float = 0.5  # max - min of log2 eta* over the axis values
     slope: float = 0.1  # |d log2 eta* / d log2 axis|
     penalty: float = 0.005  # loss at the transferred optimum relative to the per-width optimum (0.5%)
-
-
-@dataclass
-class RunTable:
-    """Finished runs as flat rows (dotted config keys, run_dir, status, metric) plus the unfinished run dirs."""
-
-    sweep_dir: Path
-    metric: str
-    rows: list[dict[str, Any]]
-    config_keys: list[str]
-    unfinished: list[str] = field(default_factory=list)
-
-
-# --- reading the sweep --------------------------------------------------------------------------------------------
-def load_runs(sweep_dir: str | Path, metric: str = "final_eval_loss") -> RunTable:
-    """Reads every SWEEP_DIR/*/config.yaml (+ summary.json when finished) into a RunTable."""
-    sweep = SweepDir(sweep_dir)
-    rows, unfinished, keys, has_metric = [], [], set(), False
-    for run in sweep.runs():
-        summary = run.read_summary()
-        if summary is None:
-            unfinished.append(run.path.name)
-            continue
-        flat = flatten(run.read_config_dict())
-        keys.update(flat)
-        has_metric |= metric in summary
-        rows.append({**flat, "run_dir": run.path.name, "status": summary.get("status"),
-                     metric: number(summary.get(metric))})
-    if not rows:
-        raise ConfigError(f"{sweep.path}: none of its {len(unfinished)} run directories has finished "
-                          "(no summary.json); wait for the sweep or check its logs")
-    if not has_metric:
-        raise ConfigError(f"metric {metric}: no summary.json has it; use final_eval_loss or final_train_loss")
-    return RunTable(sweep.path, metric, rows, sorted(keys), unfinished)
 
 
 # --- panels -------------------------------------------------------------------------------------------------------
@@ -209,6 +176,32 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
             "warnings": warnings}
 
 
+def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dict) -> dict:
+    """{sigma_norm_at_opt: per axis value, sigma_norm_spread: max/min} where the runs carry sigma_norm_hidden.
+
+    The seed-mean of log sigma_norm_hidden per grid point, interpolated linearly in log2 hp at the fitted optimum
+    (None outside the grid).
+    """
+    at = []
+    for w, opt in zip(fit["widths"], fit["log2_opt"], strict=True):
+        points: dict[float, list[float]] = defaultdict(list)
+        for r in table.rows:
+            v = r.get("sigma_norm_hidden")
+            if (v is None or r["status"] != "completed" or number(r[hp]) <= 0 or number(r[axis]) != w
+                    or any(r.get(k) != pv for k, pv in panel.items())):
+                continue
+            points[math.log2(number(r[hp]))].append(math.log(v))
+        xs = sorted(points)
+        if opt is None or len(xs) < 2 or not xs[0] <= opt <= xs[-1]:
+            at.append(None)
+            continue
+        at.append(math.exp(float(np.interp(opt, xs, [np.mean(points[x]) for x in xs]))))
+    if all(v is None for v in at):
+        return {}
+    known = [v for v in at if v is not None]
+    return {"sigma_norm_at_opt": at, "sigma_norm_spread": max(known) / min(known) if len(known) >= 2 else None}
+
+
 def _found(v: float) -> float | None:
     """An optimum, None where an axis value has none (no finite completed run): the result's missing number."""
     return v if math.isfinite(v) else None
@@ -234,8 +227,9 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
             m = c.means()
             above = np.isfinite(m) & (m > MAX_RATIO * np.where(np.isfinite(m), m, np.inf).min())
             n_above += int(c.n_valid[:, above].sum())
-        panels.append({"panel": dict(zip(keys, values, strict=True)),
-                       **_panel(by_width, axis, bootstrap, rng, thresholds)})
+        panel = {"panel": dict(zip(keys, values, strict=True)), **_panel(by_width, axis, bootstrap, rng, thresholds)}
+        panel.update(_sigma_at_optimum(table, hp, axis, dict(zip(keys, values, strict=True)), panel))
+        panels.append(panel)
     n_dropped = {"diverged_or_nan": dropped["diverged_or_nan"], "above_1.2x_min": n_above,
                  "unfinished": len(table.unfinished), "nonpositive_hp": dropped["nonpositive_hp"]}
     n_runs = len(table.rows) + len(table.unfinished)
@@ -276,6 +270,10 @@ def format_report(result: dict) -> str:
                    f"(|.| <= {th['slope']:g}), max penalty {_pct(p['max_penalty'])}"
                    f" (<= {100 * th['penalty']:g}%), wider is better: {p['wider_is_better']} "
                    f"(monotone on {mono} of the common grid)")
+        if p.get("sigma_norm_at_opt"):
+            out.append("  normalized sigma_max of hidden matrices at the optimum: "
+                       + ", ".join(_f(v, ".3g") for v in p["sigma_norm_at_opt"])
+                       + f" (max/min {_f(p['sigma_norm_spread'], '.2f')})")
         out.append(f"  verdict: {'TRANSFERS' if p['transfers'] else 'does not transfer'}")
         out += [f"  warning: {w}" for w in p["warnings"]]
     if any(any(p["edge"]) for p in r["panels"]):

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from testbed.analysis import runtable as R
 from testbed.analysis import transfer as T
 from testbed.launch.cli import main
 
@@ -36,15 +37,15 @@ def mup_opt(w: int) -> float:
     return -6.0
 
 
-def write_run(root, cfg: dict, status: str | None, loss: float) -> None:
-    """One run directory; status None leaves it unfinished (config.yaml only)."""
+def write_run(root, cfg: dict, status: str | None, loss: float, **summary) -> None:
+    """One run directory; status None leaves it unfinished (config.yaml only); `summary`: more summary.json keys."""
     d = root / f"run{len(list(root.iterdir())):04d}"
     d.mkdir()
     (d / "config.yaml").write_text(yaml.dump(cfg, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
     if status is not None:
         v = loss if math.isfinite(loss) else str(loss)
         (d / "summary.json").write_text(json.dumps({"status": status, "final_eval_loss": v,
-                                                    "final_train_loss": v}))
+                                                    "final_train_loss": v, **summary}))
 
 
 def config(width: int, x: float, seed: int, name: str = "mup", wd: float = 0.0, depth: int = 2) -> dict:
@@ -280,3 +281,54 @@ def test_parabola_sees_only_the_lowest_points_of_an_asymmetric_curve():
     fit = T.fit_optimum(x, y)
     assert fit.fit_range == (-8.0, -5.0)  # two grid points below the minimum at -6; -4 is above 1.2x the minimum
     assert abs(fit.log2_opt + 6) < 1.0 and fit.loss_opt > 4.0 - 0.04
+
+
+def test_csv_table_round_trips_to_the_same_analysis(sweep, tmp_path):
+    """The run table a doc commits (one row per run) gives the sweep directory's analysis and figure inputs."""
+    root, _, table, result = sweep
+    csv_path = tmp_path / "data" / "runs.csv"
+    R.write_csv(table, csv_path, keep=("optim.lr", "model.d_model"))
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["final_eval_loss", "status", "run_dir"] and "seed" in header and "optim.lr" in header
+    assert "data.seq_len" not in header  # constant across the sweep: not a column
+    assert len(csv_path.read_text().splitlines()) == 1 + len(table.rows) + len(table.unfinished)
+    back = R.load(csv_path)
+    assert back.unfinished == sorted(table.unfinished)
+    assert T.analyze_transfer(back) == result
+    assert T.analyze_transfer(back, hp="optim.lr", bootstrap=0, seed=3) == T.analyze_transfer(table, bootstrap=0,
+                                                                                                seed=3)
+
+
+def test_cli_writes_and_reads_the_table(cli, sweep, tmp_path):
+    root, _, _, result = sweep
+    out = tmp_path / "t.csv"
+    r = cli("transfer", str(root), "--json", "--table", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["table"] == str(out)
+    r = cli("transfer", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == result
+    out.write_text("model.d_model,optim.lr\n32,0.01\n")
+    r = cli("transfer", str(out))
+    assert r.returncode == 2 and "missing column(s) seed, final_eval_loss, status" in r.stderr
+
+
+def test_normalized_sigma_at_each_optimum(tmp_path):
+    """sigma_norm_hidden (geometric mean over the block matrices) interpolated at each width's fitted optimum."""
+    root = tmp_path / "wd"
+    root.mkdir()
+    for w in (32, 64, 128):
+        for x in (-8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0):
+            for s in (0, 1):
+                sigma = {"block_0/mlp/up/kernel": 2.0 ** (0.5 * x), "block_1/mlp/up/kernel": 2.0 ** (0.5 * x + 2),
+                         "readout/kernel": 99.0, "embed/embedding": None}
+                write_run(root, config(w, -6.0, s, wd=2.0**x), "completed",
+                          3.0 + 0.05 * (x + 5.0 + math.log2(w / 32)) ** 2, final_sigma_normalized=sigma)
+    table = T.load_runs(root)
+    p = T.analyze_transfer(table, hp="optim.weight_decay", bootstrap=0)["panels"][0]
+    assert np.allclose(p["log2_opt"], [-5.0, -6.0, -7.0], atol=1e-6)
+    expect = [2.0 ** (0.5 * x + 1) for x in p["log2_opt"]]  # geometric mean of the two block matrices
+    assert np.allclose(p["sigma_norm_at_opt"], expect, rtol=1e-6)
+    assert math.isclose(p["sigma_norm_spread"], 2.0, rel_tol=1e-6)
+    assert "normalized sigma_max of hidden matrices at the optimum" in T.format_report(
+        T.analyze_transfer(table, hp="optim.weight_decay", bootstrap=0))

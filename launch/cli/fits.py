@@ -100,8 +100,12 @@ def cmd_report(args) -> int:
 def cmd_transfer(args) -> int:
     from testbed.analysis import transfer
 
-    table = transfer.load_runs(args.sweep_dir, metric=args.metric)
+    table = transfer.load(args.sweep_dir, metric=args.metric)
     result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap)
+    if args.table:
+        from testbed.analysis import runtable
+
+        result["table"] = str(runtable.write_csv(table, args.table, keep=(args.hp, args.axis)))
     if args.plot:
         result["plot"] = str(transfer.plot_transfer(result, table, args.plot))
     print(dumps(result) if args.json else transfer.format_report(result))
@@ -208,13 +212,16 @@ COMMANDS = (
         SEED,
         JSON,
     ), cmd_report),
-    Command("transfer", "LR/WD transfer across width or depth, from a sweep's run directories", (
-        arg("sweep_dir", help="directory whose subdirectories are run directories"),
+    Command("transfer", "LR/WD transfer across width or depth, from a sweep's run directories or its CSV table", (
+        arg("sweep_dir", metavar="SWEEP", help="a sweep directory (subdirectories are run directories), or a .csv "
+            "run table written by --table"),
         arg("--hp", default="optim.lr", help="the swept hyperparameter (default optim.lr)"),
         arg("--axis", default="model.d_model", help="the scaled dimension (default model.d_model)"),
         arg("--metric", default="final_eval_loss", help="final_eval_loss | final_train_loss"),
         arg("--bootstrap", type=int, default=1000, help="seed resamples for the CI of log2 opt (0: none)"),
         arg("--json", action="store_true", help="print the result as one JSON line"),
         arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
+        arg("--table", metavar="OUT.csv", help="write the run table (varying config keys, seed, metric, normalized "
+            "sigma_max, status; one row per run), which this command reads back in place of the sweep directory"),
     ), cmd_transfer),
 )
