@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from testbed import companions
 from testbed.parametrization import PARAMETRIZATIONS, ROLES
 
 
@@ -314,14 +315,20 @@ def _deepcopy(raw: Any) -> Any:
     return raw
 
 
-def from_dict(raw: dict | None) -> Config:
-    cfg = _build(Config, raw or {}, "")
+def from_dict(raw: dict | None, notes: list[str] | None = None) -> Config:
+    """A validated Config from a raw mapping; muP's companions are filled in where unset (testbed.companions),
+    and the line saying so is appended to `notes` when given."""
+    raw, implied = companions.imply(raw or {}, {"param.name": ParamConfig.name, "param.base_width":
+                                                ParamConfig.base_width, "model.n_heads": ModelConfig.n_heads})
+    cfg = _build(Config, raw, "")
     validate(cfg)
+    if implied and notes is not None:
+        notes.append(companions.note(cfg.param.name, implied))
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Loads a YAML config (or defaults when path is None), applies overrides, validates."""
+def load(path: str | Path | None, overrides: list[str] | None = None, notes: list[str] | None = None) -> Config:
+    """Loads a YAML config (or defaults when path is None), applies overrides, validates (notes: see from_dict)."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
@@ -334,7 +341,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(p)!r} must be a mapping of sections (model:, data:, ...)")
-    return from_dict(apply_overrides(raw, overrides or []))
+    return from_dict(apply_overrides(raw, overrides or []), notes)
 
 
 def to_dict(cfg: Config) -> dict:

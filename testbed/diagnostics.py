@@ -20,6 +20,7 @@ from testbed.config import Config, ConfigError
 from testbed.data import make_source
 from testbed.model import Transformer, init_params, param_info
 from testbed.optim import make_optimizer
+from testbed.parametrization import MUP_FAMILY
 from testbed.train import init_state, make_train_step
 
 MODULES = ("embedding", "attn_logits", "attn_out", "mlp_out", "residual", "logits")
@@ -126,9 +127,40 @@ def coord_check(cfg: Config, widths: list[int] | None = None, depths: list[int] 
             passed = passed and ok
             if worst is None or abs(math.log(max(bad, 1e-30))) > abs(math.log(max(worst["ratio"], 1e-30))):
                 worst = {"module": k, "ratio": bad}
-    return {"param": cfg.param.name, "axis": axis, "sizes": list(sizes), "steps": steps, "seeds": seeds,
-            "lr": cfg.optim.lr, "batch_tokens": batch_size * seq_len, "tolerance": TOLERANCE, "modules": modules,
-            "worst_ratio_4x": worst, "passed": passed}
+    result = {"param": cfg.param.name, "axis": axis, "sizes": list(sizes), "steps": steps, "seeds": seeds,
+              "lr": cfg.optim.lr, "batch_tokens": batch_size * seq_len, "tolerance": TOLERANCE, "modules": modules,
+              "worst_ratio_4x": worst, "passed": passed}
+    if not passed:
+        result["likely_cause"] = likely_cause(cfg, result)
+    return result
+
+
+def likely_cause(cfg: Config, result: dict) -> str:
+    """The setting most likely behind a failed check, from the worst module and the config (one sentence)."""
+    w = result["worst_ratio_4x"]
+    module, direction = w["module"], "shrinks" if w["ratio"] < 1 else "grows"
+    m, p = cfg.model, cfg.param
+    head = f"{module} {direction} with {result['axis']} (worst 4x ratio {w['ratio']:.3f}): "
+    if result["axis"] == "depth":
+        return head + (f"param.name={p.name} does not scale the residual branches with depth; use depth_mup or "
+                       "completep (with model.emb_std=1.0)" if p.name in ("sp", "mup", "sp_perlayer") else
+                       "the residual stream's scale comes from the embedding; try model.emb_std=1.0")
+    if p.name not in MUP_FAMILY:
+        return head + f"param.name={p.name} keeps hidden LRs and init fixed in width; use param.name=mup"
+    if module == "logits" and not m.zero_init_readout:
+        return head + ("model.zero_init_readout=false: a random readout under muP's 1/m multiplier gives logits "
+                       "that shrink like 1/sqrt(m); set model.zero_init_readout=true")
+    if module == "logits":
+        return head + "the readout: check param.alpha_out and optim.lr_mult.readout"
+    if module == "attn_logits":
+        K, smallest = m.resolved_head_dim, result["sizes"][0]
+        return head + (f"heads of size {K} leave {max(smallest // K, 1)} head(s) at d_model {smallest}, a "
+                       f"finite-width effect; use a smaller head size (e.g. model.head_dim=16) or start at a wider "
+                       f"width" if smallest // K <= 2 else "check param.alpha_attn and param.base_head_dim")
+    if module == "embedding":
+        return head + "the embedding: check model.emb_std, param.alpha_in and optim.lr_mult.embedding"
+    return head + ("the hidden matrices: check optim.lr_mult.hidden and model.init_std, or lower --lr (a large LR "
+                   "leaves the small-update regime the check assumes)")
 
 
 def format_coord_check(result: dict) -> str:
@@ -140,4 +172,6 @@ def format_coord_check(result: dict) -> str:
                      f"worst 4x ratio {mod['worst_ratio_4x']:.3f}{mark}")
     w = result["worst_ratio_4x"]
     lines.append(f"{'PASSED' if result['passed'] else 'FAILED'}: worst 4x ratio {w['ratio']:.3f} ({w['module']})")
+    if result.get("likely_cause"):
+        lines.append(f"likely cause: {result['likely_cause']}")
     return "\n".join(lines)

@@ -23,8 +23,10 @@ CONSTANTS = ["param.alpha_in=0.7", "param.alpha_out=1.3", "param.alpha_attn=0.9"
 
 
 def cfg_of(*overrides):
+    """The table alone: muP's companion settings are given explicitly, so none is implied (testbed.companions)."""
     return C.load(None, ["train.steps=20", "data.seq_len=16", "model.n_heads=2", "optim.schedule=constant",
-                         "optim.grad_clip=null", *overrides])
+                         "optim.grad_clip=null", "model.zero_init_readout=false", "param.base_head_dim=null",
+                         *overrides])
 
 
 def leaves_with_paths(tree):

@@ -36,7 +36,12 @@ def config_args(required: bool = True) -> tuple[Option, ...]:
 
 
 def load_config(args: argparse.Namespace) -> config.Config:
-    return config.load(args.config, args.overrides)
+    """The config of CONFIG + --set; a line on stderr when muP's companion settings were implied."""
+    notes: list[str] = []
+    cfg = config.load(args.config, args.overrides, notes)
+    for line in notes:
+        stderr(line)
+    return cfg
 
 
 def stderr(msg: str) -> None:
