@@ -85,9 +85,16 @@ def _check_key(table: RunTable, key: str, what: str) -> None:
                           f"keys that vary: {', '.join(varying) or 'none'}")
 
 
-def _cells(table: RunTable, hp: str, axis: str, keys: list[str]) -> tuple[dict, dict[str, int]]:
+def _log2_hp(table: RunTable, hp: str, axis: str, exponent: float):
+    """Row -> log2(hp / (axis / smallest axis)^exponent): the coordinate of a rule hp ~ axis^exponent (0: hp itself)."""
+    w0 = min(number(r[axis]) for r in table.rows)
+    return lambda r: math.log2(number(r[hp])) - exponent * math.log2(number(r[axis]) / w0)
+
+
+def _cells(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float = 0.0) -> tuple[dict, dict[str, int]]:
     """{panel values: {axis value: Cell}} over runs with hp > 0, and counts of the runs left out."""
     dropped = {"diverged_or_nan": 0, "nonpositive_hp": 0}
+    x_of = _log2_hp(table, hp, axis, exponent)
     runs: dict = defaultdict(lambda: defaultdict(list))
     for r in table.rows:
         v = number(r[table.metric])
@@ -98,7 +105,7 @@ def _cells(table: RunTable, hp: str, axis: str, keys: list[str]) -> tuple[dict, 
             continue
         w = number(r[axis])
         runs[tuple(r.get(k) for k in keys)][int(w) if w.is_integer() else w].append(
-            (math.log2(number(r[hp])), r.get("seed"), v if ok else math.nan))
+            (x_of(r), r.get("seed"), v if ok else math.nan))
     cells: dict = {}
     for panel, by_axis in runs.items():
         cells[panel] = {}
@@ -176,13 +183,13 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
             "warnings": warnings}
 
 
-def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dict) -> dict:
+def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dict, exponent: float) -> dict:
     """{sigma_norm_at_opt: per axis value, sigma_norm_spread: max/min} where the runs carry sigma_norm_hidden.
 
     The seed-mean of log sigma_norm_hidden per grid point, interpolated linearly in log2 hp at the fitted optimum
     (None outside the grid).
     """
-    at = []
+    at, x_of = [], _log2_hp(table, hp, axis, exponent)
     for w, opt in zip(fit["widths"], fit["log2_opt"], strict=True):
         points: dict[float, list[float]] = defaultdict(list)
         for r in table.rows:
@@ -190,7 +197,7 @@ def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dic
             if (v is None or r["status"] != "completed" or number(r[hp]) <= 0 or number(r[axis]) != w
                     or any(r.get(k) != pv for k, pv in panel.items())):
                 continue
-            points[math.log2(number(r[hp]))].append(math.log(v))
+            points[x_of(r)].append(math.log(v))
         xs = sorted(points)
         if opt is None or len(xs) < 2 or not xs[0] <= opt <= xs[-1]:
             at.append(None)
@@ -208,8 +215,12 @@ def _found(v: float) -> float | None:
 
 
 def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d_model", bootstrap: int = 1000,
-                     seed: int = 0, thresholds: Thresholds = Thresholds()) -> dict:
-    """The section-5 transfer protocol over a RunTable; a JSON-serialisable dict (null for missing numbers)."""
+                     seed: int = 0, thresholds: Thresholds = Thresholds(), hp_exponent: float = 0.0) -> dict:
+    """The section-5 transfer protocol over a RunTable; a JSON-serialisable dict (null for missing numbers).
+
+    hp_exponent e judges the rule hp ~ (axis / smallest axis)^e: optima are located in log2 hp - e log2(axis/axis0),
+    so drift 0 means the rule transfers (e = 1 for lambda ~ width, 0.5 for lambda ~ sqrt(width)).
+    """
     if hp == axis:
         raise ConfigError(f"--hp and --axis are both {hp}; pass --hp the swept hyperparameter (e.g. optim.lr) "
                           "and --axis the scaled dimension (e.g. model.d_model)")
@@ -218,7 +229,7 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
     if any(number(r[axis]) <= 0 for r in table.rows):
         raise ConfigError(f"--axis {axis}: needs positive values (its log2 is the abscissa of the slope)")
     keys, tied = find_panel_keys(table, hp, axis)
-    cells, dropped = _cells(table, hp, axis, keys)
+    cells, dropped = _cells(table, hp, axis, keys, hp_exponent)
     rng = np.random.default_rng(seed)
     panels, n_above = [], 0
     for values in sorted(cells, key=str):
@@ -228,12 +239,13 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
             above = np.isfinite(m) & (m > MAX_RATIO * np.where(np.isfinite(m), m, np.inf).min())
             n_above += int(c.n_valid[:, above].sum())
         panel = {"panel": dict(zip(keys, values, strict=True)), **_panel(by_width, axis, bootstrap, rng, thresholds)}
-        panel.update(_sigma_at_optimum(table, hp, axis, dict(zip(keys, values, strict=True)), panel))
+        panel.update(_sigma_at_optimum(table, hp, axis, dict(zip(keys, values, strict=True)), panel, hp_exponent))
         panels.append(panel)
     n_dropped = {"diverged_or_nan": dropped["diverged_or_nan"], "above_1.2x_min": n_above,
                  "unfinished": len(table.unfinished), "nonpositive_hp": dropped["nonpositive_hp"]}
     n_runs = len(table.rows) + len(table.unfinished)
-    return jsonable({"hp": hp, "axis": axis, "metric": table.metric, "panel_keys": keys, "tied_keys": tied,
+    return jsonable({"hp": hp, "axis": axis, "hp_exponent": hp_exponent, "metric": table.metric,
+                     "panel_keys": keys, "tied_keys": tied,
                       "n_runs": n_runs, "n_used": n_runs - sum(n_dropped.values()), "n_dropped": n_dropped,
                       "thresholds": asdict(thresholds), "bootstrap": bootstrap, "panels": panels})
 
@@ -241,6 +253,12 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
 # --- reporting ----------------------------------------------------------------------------------------------------
 def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _rule_text(result: dict) -> str:
+    """' / (d_model/32)^0.5' when optima are located under a scaling rule of the hp."""
+    e = result.get("hp_exponent") or 0.0
+    return f" / ({result['axis'].split('.')[-1]}/axis0)^{e:g}" if e else ""
 
 
 def _pct(v: float | None) -> str:
@@ -251,7 +269,8 @@ def format_report(result: dict) -> str:
     """A readable table per panel (axis value, log2 eta* with CI, loss, penalty) and the panel's verdict."""
     r, th, axis = result, result["thresholds"], result["axis"]
     d = r["n_dropped"]
-    out = [f"transfer of {r['hp']} across {axis} ({r['metric']}): {r['n_runs']} runs, {r['n_used']} used; "
+    out = [f"transfer of {r['hp']}{_rule_text(r)} across {axis} ({r['metric']}): {r['n_runs']} runs, "
+           f"{r['n_used']} used; "
            f"dropped {d['diverged_or_nan']} diverged/NaN, {d['above_1.2x_min']} above {MAX_RATIO}x the minimum, "
            f"{d['unfinished']} unfinished" + (f", {d['nonpositive_hp']} with hp <= 0" if d["nonpositive_hp"] else ""),
            f"panels by: {', '.join(r['panel_keys']) or '(one panel)'}"
@@ -289,7 +308,7 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     hp, axis, keys = result["hp"], result["axis"], result["panel_keys"]
-    cells, _ = _cells(table, hp, axis, keys)
+    cells, _ = _cells(table, hp, axis, keys, result.get("hp_exponent", 0.0))
     panels = result["panels"]
     all_widths = sorted({w for p in panels for w in p["widths"]}) or [1]
     norm = Normalize(math.log2(all_widths[0]), math.log2(all_widths[-1]) + 1e-9)
@@ -315,7 +334,7 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
         verdict = "transfers" if p["transfers"] else "does not transfer"
         ax.set_title(f"{title}\n{verdict} (drift {_f(p['drift'], '.2f')}, slope {_f(p['slope'], '+.2f')})",
                      fontsize=10)
-        ax.set_xlabel(f"log2 {HP_LABELS.get(hp, hp)}")
+        ax.set_xlabel(f"log2 {HP_LABELS.get(hp, hp)}" + _rule_text(result))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=axis.split(".")[-1], title_fontsize=8)
     axes[0].set_ylabel(result["metric"])

@@ -330,5 +330,9 @@ def test_normalized_sigma_at_each_optimum(tmp_path):
     expect = [2.0 ** (0.5 * x + 1) for x in p["log2_opt"]]  # geometric mean of the two block matrices
     assert np.allclose(p["sigma_norm_at_opt"], expect, rtol=1e-6)
     assert math.isclose(p["sigma_norm_spread"], 2.0, rel_tol=1e-6)
+    rule = T.analyze_transfer(table, hp="optim.weight_decay", bootstrap=0, hp_exponent=-1.0)  # lambda ~ 1/width
+    assert np.allclose(rule["panels"][0]["log2_opt"], -5.0, atol=1e-6) and rule["panels"][0]["drift"] < 1e-6
+    assert np.allclose(rule["panels"][0]["sigma_norm_at_opt"], expect, rtol=1e-6)  # the same runs, same optima
+    assert "transfer of optim.weight_decay / (d_model/axis0)^-1" in T.format_report(rule)
     assert "normalized sigma_max of hidden matrices at the optimum" in T.format_report(
         T.analyze_transfer(table, hp="optim.weight_decay", bootstrap=0))

@@ -101,7 +101,8 @@ def cmd_transfer(args) -> int:
     from testbed.analysis import transfer
 
     table = transfer.load(args.sweep_dir, metric=args.metric)
-    result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap)
+    result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap,
+                                       hp_exponent=args.hp_scaling)
     if args.table:
         from testbed.analysis import runtable
 
@@ -218,6 +219,8 @@ COMMANDS = (
         arg("--hp", default="optim.lr", help="the swept hyperparameter (default optim.lr)"),
         arg("--axis", default="model.d_model", help="the scaled dimension (default model.d_model)"),
         arg("--metric", default="final_eval_loss", help="final_eval_loss | final_train_loss"),
+        arg("--hp-scaling", type=float, default=0.0, metavar="E", help="judge the rule hp ~ axis^E: optima of "
+            "hp / (axis / smallest axis)^E (e.g. 0.5 for weight decay ~ sqrt(width); default 0: hp itself)"),
         arg("--bootstrap", type=int, default=1000, help="seed resamples for the CI of log2 opt (0: none)"),
         arg("--json", action="store_true", help="print the result as one JSON line"),
         arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
