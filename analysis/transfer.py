@@ -246,8 +246,8 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
     n_runs = len(table.rows) + len(table.unfinished)
     return jsonable({"hp": hp, "axis": axis, "hp_exponent": hp_exponent, "metric": table.metric,
                      "panel_keys": keys, "tied_keys": tied,
-                      "n_runs": n_runs, "n_used": n_runs - sum(n_dropped.values()), "n_dropped": n_dropped,
-                      "thresholds": asdict(thresholds), "bootstrap": bootstrap, "panels": panels})
+                     "n_runs": n_runs, "n_used": n_runs - sum(n_dropped.values()), "n_dropped": n_dropped,
+                     "thresholds": asdict(thresholds), "bootstrap": bootstrap, "panels": panels})
 
 
 # --- reporting ----------------------------------------------------------------------------------------------------
