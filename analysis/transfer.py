@@ -255,6 +255,11 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _better(axis: str) -> str:
+    """'wider is better' across width; 'larger steps is better' and the like across other axes."""
+    return "wider is better" if axis == "model.d_model" else f"larger {axis.split('.')[-1]} is better"
+
+
 def _rule_text(result: dict) -> str:
     """' / (d_model/32)^0.5' when optima are located under a scaling rule of the hp."""
     e = result.get("hp_exponent") or 0.0
@@ -287,7 +292,7 @@ def format_report(result: dict) -> str:
         mono = "-" if p["monotone_fraction"] is None else f"{100 * p['monotone_fraction']:.0f}%"
         out.append(f"  drift {_f(p['drift'], '.2f')} (<= {th['drift']:g}), slope {_f(p['slope'], '+.2f')} "
                    f"(|.| <= {th['slope']:g}), max penalty {_pct(p['max_penalty'])}"
-                   f" (<= {100 * th['penalty']:g}%), wider is better: {p['wider_is_better']} "
+                   f" (<= {100 * th['penalty']:g}%), {_better(axis)}: {p['wider_is_better']} "
                    f"(monotone on {mono} of the common grid)")
         if p.get("sigma_norm_at_opt"):
             out.append("  normalized sigma_max of hidden matrices at the optimum: "
