@@ -85,7 +85,7 @@ def _check_key(table: RunTable, key: str, what: str) -> None:
                           f"keys that vary: {', '.join(varying) or 'none'}")
 
 
-def _log2_hp(table: RunTable, hp: str, axis: str, exponent: float):
+def log2_hp(table: RunTable, hp: str, axis: str, exponent: float):
     """Row -> log2(hp / (axis / smallest axis)^exponent): the coordinate of a rule hp ~ axis^exponent (0: hp itself)."""
     w0 = min(number(r[axis]) for r in table.rows)
     return lambda r: math.log2(number(r[hp])) - exponent * math.log2(number(r[axis]) / w0)
@@ -94,7 +94,7 @@ def _log2_hp(table: RunTable, hp: str, axis: str, exponent: float):
 def _cells(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float = 0.0) -> tuple[dict, dict[str, int]]:
     """{panel values: {axis value: Cell}} over runs with hp > 0, and counts of the runs left out."""
     dropped = {"diverged_or_nan": 0, "nonpositive_hp": 0}
-    x_of = _log2_hp(table, hp, axis, exponent)
+    x_of = log2_hp(table, hp, axis, exponent)
     runs: dict = defaultdict(lambda: defaultdict(list))
     for r in table.rows:
         v = number(r[table.metric])
@@ -189,7 +189,7 @@ def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dic
     The seed-mean of log sigma_norm_hidden per grid point, interpolated linearly in log2 hp at the fitted optimum
     (None outside the grid).
     """
-    at, x_of = [], _log2_hp(table, hp, axis, exponent)
+    at, x_of = [], log2_hp(table, hp, axis, exponent)
     for w, opt in zip(fit["widths"], fit["log2_opt"], strict=True):
         points: dict[float, list[float]] = defaultdict(list)
         for r in table.rows:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from testbed.analysis import runtable as R
 from testbed.analysis import transfer as T
+from testbed.analysis import transferprofile as TP
 from testbed.launch.cli import main
 
 from testbed.config import ConfigError
@@ -336,3 +337,22 @@ def test_normalized_sigma_at_each_optimum(tmp_path):
     assert "transfer of optim.weight_decay / (d_model/axis0)^-1" in T.format_report(rule)
     assert "normalized sigma_max of hidden matrices at the optimum" in T.format_report(
         T.analyze_transfer(table, hp="optim.weight_decay", bootstrap=0))
+
+
+def test_profile_tables_hold_the_curves(tmp_path, cli):
+    """--profile: per width and grid point, the seed-mean loss over the width's lowest and the normalized sigma."""
+    root = tmp_path / "p"
+    root.mkdir()
+    for w in (32, 64):
+        for x in (-6.0, -5.0, -4.0):
+            for s, shift in ((0, 0.0), (1, 0.02)):
+                write_run(root, config(w, -6.0, s, wd=2.0**x), "completed", 3.0 + 0.1 * (x + 6) * w / 32 + shift,
+                          final_sigma_normalized={"block_0/attn/out/kernel": 0.5 * (s + 1)})
+    (p,) = TP.profiles(T.load_runs(root), "optim.weight_decay", "model.d_model")
+    assert p["x"] == [-6.0, -5.0, -4.0] and sorted(p["rows"]) == [32, 64]
+    assert p["rows"][64][-6.0][0] == 0.0
+    assert math.isclose(p["rows"][64][-4.0][0], 100 * (3.41 / 3.01 - 1), rel_tol=1e-9)
+    assert math.isclose(p["rows"][32][-5.0][1], math.sqrt(0.5 * 1.0), rel_tol=1e-9)  # geometric mean over seeds
+    r = cli("transfer", str(root), "--hp", "optim.weight_decay", "--profile")
+    assert r.returncode == 0, r.stderr
+    assert "| 64 | +0.00% | +6.64% | +13.29% |" in r.stdout and "| 32 | 0.707 | 0.707 | 0.707 |" in r.stdout

@@ -101,6 +101,12 @@ def cmd_transfer(args) -> int:
     from testbed.analysis import transfer
 
     table = transfer.load(args.sweep_dir, metric=args.metric)
+    if args.profile:
+        from testbed.analysis import transferprofile
+
+        found = transferprofile.profiles(table, args.hp, args.axis, args.hp_scaling)
+        print(dumps(found) if args.json else transferprofile.format_profiles(found, args.hp, args.axis))
+        return 0
     result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap,
                                        hp_exponent=args.hp_scaling)
     if args.table:
@@ -224,6 +230,8 @@ COMMANDS = (
         arg("--bootstrap", type=int, default=1000, help="seed resamples for the CI of log2 opt (0: none)"),
         arg("--json", action="store_true", help="print the result as one JSON line"),
         arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
+        arg("--profile", action="store_true", help="print the curves instead: per axis value and hp grid point, "
+            "the loss over the row's lowest and the normalized sigma_max (markdown tables)"),
         arg("--table", metavar="OUT.csv", help="write the run table (varying config keys, seed, metric, normalized "
             "sigma_max, status; one row per run), which this command reads back in place of the sweep directory"),
     ), cmd_transfer),
