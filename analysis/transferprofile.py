@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from testbed.analysis.runtable import RunTable
 from testbed.analysis.transfer import find_panel_keys, log2_hp
+
 from testbed.runstore import number
 
 
