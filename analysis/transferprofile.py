@@ -18,7 +18,8 @@ from testbed.runstore import number
 
 
 def profiles(table: RunTable, hp: str, axis: str, hp_exponent: float = 0.0) -> list[dict]:
-    """Per panel: {panel, x (log2 hp grid), rows: {axis value: {x: (loss % over the row's min, sigma or None)}}}."""
+    """Per panel: {panel, x (log2 hp grid), rows: {axis value: {x: (loss % over the row's min, sigma or None)}},
+    lowest: {axis value: the row's lowest seed-mean loss}}."""
     keys, _ = find_panel_keys(table, hp, axis)
     x_of = log2_hp(table, hp, axis, hp_exponent)
     loss: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -33,14 +34,14 @@ def profiles(table: RunTable, hp: str, axis: str, hp_exponent: float = 0.0) -> l
             sigma[panel][w][x].append(math.log(r["sigma_norm_hidden"]))
     out = []
     for panel in sorted(loss, key=str):
-        rows, xs = {}, sorted({x for by_x in loss[panel].values() for x in by_x})
+        rows, lowest, xs = {}, {}, sorted({x for by_x in loss[panel].values() for x in by_x})
         for w, by_x in sorted(loss[panel].items()):
             means = {x: sum(v) / len(v) for x, v in by_x.items()}
-            low = min(means.values())
+            low = lowest[w] = min(means.values())
             rows[w] = {x: (100 * (m / low - 1),
                            math.exp(sum(sigma[panel][w][x]) / len(sigma[panel][w][x])) if sigma[panel][w][x] else None)
                        for x, m in means.items()}
-        out.append({"panel": dict(zip(keys, panel, strict=True)), "x": xs, "rows": rows})
+        out.append({"panel": dict(zip(keys, panel, strict=True)), "x": xs, "rows": rows, "lowest": lowest})
     return out
 
 
@@ -51,9 +52,10 @@ def format_profiles(result: list[dict], hp: str, axis: str) -> str:
         title = ", ".join(f"{k}={v}" for k, v in p["panel"].items()) or "all runs"
         head = f"| {short} \\ log2 {hp.split('.')[-1]} | " + " | ".join(f"{x:g}" for x in p["x"]) + " |"
         rule = "|---" * (len(p["x"]) + 1) + "|"
-        out += [f"{title}: loss over the row's lowest", "", head, rule]
+        out += [f"{title}: loss over the row's lowest", "", head + " lowest |", rule + "---|"]
         for w, cells in p["rows"].items():
-            out.append(f"| {w:g} | " + " | ".join(f"{cells[x][0]:+.2f}%" if x in cells else "-" for x in p["x"]) + " |")
+            out.append(f"| {w:g} | " + " | ".join(f"{cells[x][0]:+.2f}%" if x in cells else "-" for x in p["x"])
+                       + f" | {p['lowest'][w]:.4f} |")
         if any(c[1] is not None for cells in p["rows"].values() for c in cells.values()):
             out += ["", f"{title}: normalized sigma_max of the hidden matrices", "", head, rule]
             for w, cells in p["rows"].items():

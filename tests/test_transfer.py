@@ -355,4 +355,4 @@ def test_profile_tables_hold_the_curves(tmp_path, cli):
     assert math.isclose(p["rows"][32][-5.0][1], math.sqrt(0.5 * 1.0), rel_tol=1e-9)  # geometric mean over seeds
     r = cli("transfer", str(root), "--hp", "optim.weight_decay", "--profile")
     assert r.returncode == 0, r.stderr
-    assert "| 64 | +0.00% | +6.64% | +13.29% |" in r.stdout and "| 32 | 0.707 | 0.707 | 0.707 |" in r.stdout
+    assert "| 64 | +0.00% | +6.64% | +13.29% | 3.0100 |" in r.stdout and "| 32 | 0.707 | 0.707 | 0.707 |" in r.stdout

@@ -101,6 +101,10 @@ def cmd_transfer(args) -> int:
     from testbed.analysis import transfer
 
     table = transfer.load(args.sweep_dir, metric=args.metric)
+    if args.table:  # before the analysis: a sweep's table is worth keeping even where no optimum can be located
+        from testbed.analysis import runtable
+
+        written = str(runtable.write_csv(table, args.table, keep=(args.hp, args.axis)))
     if args.profile:
         from testbed.analysis import transferprofile
 
@@ -110,9 +114,7 @@ def cmd_transfer(args) -> int:
     result = transfer.analyze_transfer(table, hp=args.hp, axis=args.axis, bootstrap=args.bootstrap,
                                        hp_exponent=args.hp_scaling)
     if args.table:
-        from testbed.analysis import runtable
-
-        result["table"] = str(runtable.write_csv(table, args.table, keep=(args.hp, args.axis)))
+        result["table"] = written
     if args.plot:
         result["plot"] = str(transfer.plot_transfer(result, table, args.plot))
     print(dumps(result) if args.json else transfer.format_report(result))
