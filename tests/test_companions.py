@@ -79,3 +79,20 @@ def test_likely_cause_names_the_setting(overrides, module, ratio, expect):
     result = {"axis": "width", "sizes": [64, 128, 256, 512], "worst_ratio_4x": {"module": module, "ratio": ratio}}
     cause = likely_cause(cfg, result)
     assert cause.startswith(f"{module} {'shrinks' if ratio < 1 else 'grows'} with width") and expect in cause
+
+
+def test_a_sweep_that_varies_the_head_count_holds_the_head_size(tmp_path):
+    """Zipping n_heads with d_model (or a transfer design) means heads grow: no fixed-count attention is implied."""
+    from testbed.launch import sweep
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"base: {TINY}\nset:\n  param.name: mup\n  param.base_width: 32\n"
+                    "zip:\n  model.d_model: [32, 256]\n  model.n_heads: [2, 16]\n")
+    runs = sweep.expand(spec, log=lambda s: None)
+    assert [(r.cfg.model.head_dim, r.cfg.param.base_head_dim) for r in runs] == [(16, None), (16, None)]
+    assert len({parametrization.attn_scale(r.cfg) for r in runs}) == 1  # head size 16 everywhere: one scale
+    design = tmp_path / "d.yaml"
+    design.write_text(f"base: {TINY}\nset:\n  param.name: mup\n  param.base_width: 32\n"
+                      "design:\n  type: transfer\n  lr: [0.01]\n  widths: [32, 256]\n  head_dim: 16\n")
+    assert [(r.cfg.model.n_heads, r.cfg.param.base_head_dim) for r in sweep.expand(design, log=lambda s: None)] \
+        == [(2, None), (16, None)]
