@@ -335,7 +335,8 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
             ax.plot(cell.x[f], m[f], "o-", color=color, ms=3, lw=1.3, label=f"{w:g}")
             if p["log2_opt"][j] is not None:
                 ax.plot(p["log2_opt"][j], p["loss_opt"][j], "*", color=color, ms=13, mec="black", mew=0.6)
-        title = ", ".join(_name(k, v, short=False) for k, v in p["panel"].items()) or "all runs"
+        short = len(p["panel"]) > 1  # several panel keys: their last parts keep the title within the subplot
+        title = ", ".join(_name(k, v, short=short) for k, v in p["panel"].items()) or "all runs"
         verdict = "transfers" if p["transfers"] else "does not transfer"
         ax.set_title(f"{title}\n{verdict} (drift {_f(p['drift'], '.2f')}, slope {_f(p['slope'], '+.2f')})",
                      fontsize=10)
