@@ -91,21 +91,29 @@ def log2_hp(table: RunTable, hp: str, axis: str, exponent: float):
     return lambda r: math.log2(number(r[hp])) - exponent * math.log2(number(r[axis]) / w0)
 
 
-def _cells(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float = 0.0) -> tuple[dict, dict[str, int]]:
-    """{panel values: {axis value: Cell}} over runs with hp > 0, and counts of the runs left out."""
-    dropped = {"diverged_or_nan": 0, "nonpositive_hp": 0}
+def points(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float = 0.0):
+    """(panel values, axis value, log2 hp coordinate, row, finished) for every run with hp > 0; finished means
+    completed with a finite metric. The one grouping of rows that the optima, sigma_max and the profiles share."""
     x_of = log2_hp(table, hp, axis, exponent)
-    runs: dict = defaultdict(lambda: defaultdict(list))
     for r in table.rows:
-        v = number(r[table.metric])
-        ok = r["status"] == "completed" and math.isfinite(v)
-        dropped["diverged_or_nan"] += not ok
         if number(r[hp]) <= 0:
-            dropped["nonpositive_hp"] += ok
             continue
         w = number(r[axis])
-        runs[tuple(r.get(k) for k in keys)][int(w) if w.is_integer() else w].append(
-            (x_of(r), r.get("seed"), v if ok else math.nan))
+        yield tuple(r.get(k) for k in keys), int(w) if w.is_integer() else w, x_of(r), r, finished(table, r)
+
+
+def finished(table: RunTable, r: dict) -> bool:
+    return r["status"] == "completed" and math.isfinite(number(r[table.metric]))
+
+
+def _cells(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float = 0.0) -> tuple[dict, dict[str, int]]:
+    """{panel values: {axis value: Cell}} over runs with hp > 0, and counts of the runs left out."""
+    done = [finished(table, r) for r in table.rows]
+    dropped = {"diverged_or_nan": done.count(False),
+               "nonpositive_hp": sum(ok and number(r[hp]) <= 0 for r, ok in zip(table.rows, done, strict=True))}
+    runs: dict = defaultdict(lambda: defaultdict(list))
+    for panel, w, x, r, ok in points(table, hp, axis, keys, exponent):
+        runs[panel][w].append((x, r.get("seed"), number(r[table.metric]) if ok else math.nan))
     cells: dict = {}
     for panel, by_axis in runs.items():
         cells[panel] = {}
@@ -183,26 +191,28 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
             "warnings": warnings}
 
 
-def _sigma_at_optimum(table: RunTable, hp: str, axis: str, panel: dict, fit: dict, exponent: float) -> dict:
+def _sigma_points(table: RunTable, hp: str, axis: str, keys: list[str], exponent: float) -> dict:
+    """{panel values: {axis value: {log2 hp: [log sigma_norm_hidden per finished run]}}}."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for panel, w, x, r, ok in points(table, hp, axis, keys, exponent):
+        if ok and r.get("sigma_norm_hidden"):
+            out[panel][w][x].append(math.log(r["sigma_norm_hidden"]))
+    return out
+
+
+def _sigma_at_optimum(by_width: dict, fit: dict) -> dict:
     """{sigma_norm_at_opt: per axis value, sigma_norm_spread: max/min} where the runs carry sigma_norm_hidden.
 
     The seed-mean of log sigma_norm_hidden per grid point, interpolated linearly in log2 hp at the fitted optimum
     (None outside the grid).
     """
-    at, x_of = [], log2_hp(table, hp, axis, exponent)
+    at = []
     for w, opt in zip(fit["widths"], fit["log2_opt"], strict=True):
-        points: dict[float, list[float]] = defaultdict(list)
-        for r in table.rows:
-            v = r.get("sigma_norm_hidden")
-            if (v is None or r["status"] != "completed" or number(r[hp]) <= 0 or number(r[axis]) != w
-                    or any(r.get(k) != pv for k, pv in panel.items())):
-                continue
-            points[x_of(r)].append(math.log(v))
-        xs = sorted(points)
+        xs = sorted(by_width.get(w, {}))
         if opt is None or len(xs) < 2 or not xs[0] <= opt <= xs[-1]:
             at.append(None)
             continue
-        at.append(math.exp(float(np.interp(opt, xs, [np.mean(points[x]) for x in xs]))))
+        at.append(math.exp(float(np.interp(opt, xs, [np.mean(by_width[w][x]) for x in xs]))))
     if all(v is None for v in at):
         return {}
     known = [v for v in at if v is not None]
@@ -230,6 +240,7 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
         raise ConfigError(f"--axis {axis}: needs positive values (its log2 is the abscissa of the slope)")
     keys, tied = find_panel_keys(table, hp, axis)
     cells, dropped = _cells(table, hp, axis, keys, hp_exponent)
+    sigma = _sigma_points(table, hp, axis, keys, hp_exponent)
     rng = np.random.default_rng(seed)
     panels, n_above = [], 0
     for values in sorted(cells, key=str):
@@ -239,7 +250,7 @@ def analyze_transfer(table: RunTable, hp: str = "optim.lr", axis: str = "model.d
             above = np.isfinite(m) & (m > MAX_RATIO * np.where(np.isfinite(m), m, np.inf).min())
             n_above += int(c.n_valid[:, above].sum())
         panel = {"panel": dict(zip(keys, values, strict=True)), **_panel(by_width, axis, bootstrap, rng, thresholds)}
-        panel.update(_sigma_at_optimum(table, hp, axis, dict(zip(keys, values, strict=True)), panel, hp_exponent))
+        panel.update(_sigma_at_optimum(sigma.get(values, {}), panel))
         panels.append(panel)
     n_dropped = {"diverged_or_nan": dropped["diverged_or_nan"], "above_1.2x_min": n_above,
                  "unfinished": len(table.unfinished), "nonpositive_hp": dropped["nonpositive_hp"]}

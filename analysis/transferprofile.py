@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 
 from testbed.analysis.runtable import RunTable
-from testbed.analysis.transfer import find_panel_keys, log2_hp
+from testbed.analysis.transfer import find_panel_keys, points
 
 from testbed.runstore import number
 
@@ -21,15 +21,13 @@ def profiles(table: RunTable, hp: str, axis: str, hp_exponent: float = 0.0) -> l
     """Per panel: {panel, x (log2 hp grid), rows: {axis value: {x: (loss % over the row's min, sigma or None)}},
     lowest: {axis value: the row's lowest seed-mean loss}}."""
     keys, _ = find_panel_keys(table, hp, axis)
-    x_of = log2_hp(table, hp, axis, hp_exponent)
     loss: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     sigma: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in table.rows:
-        v = number(r[table.metric])
-        if r["status"] != "completed" or not math.isfinite(v) or number(r[hp]) <= 0:
+    for panel, w, x, r, ok in points(table, hp, axis, keys, hp_exponent):
+        if not ok:
             continue
-        panel, w, x = tuple(r.get(k) for k in keys), number(r[axis]), round(x_of(r), 6)
-        loss[panel][w][x].append(v)
+        x = round(x, 6)
+        loss[panel][w][x].append(number(r[table.metric]))
         if r.get("sigma_norm_hidden"):
             sigma[panel][w][x].append(math.log(r["sigma_norm_hidden"]))
     out = []

@@ -119,16 +119,6 @@ def load_spec(path: str | Path) -> dict:
 
 # --- expansion ---------------------------------------------------------------------------------------------
 
-def _put(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: '{'.'.join(parts[:i + 1])}' is not a section")
-    node[parts[-1]] = value
-
-
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -145,14 +135,14 @@ def _config(spec: dict, overrides: dict) -> config.Config:
     """base + set + overrides (grid point, zip row, design point), validated."""
     raw = copy.deepcopy(spec["config"])
     for key, value in {**spec["set"], **overrides}.items():
-        _put(raw, key, copy.deepcopy(value))
+        config.put(raw, key, copy.deepcopy(value))
     model = raw.get("model") or {}
     if "model.n_heads" in overrides and model.get("head_dim") is None:
         # A sweep that varies n_heads (zipped with d_model, or a transfer design) holds the head size: written out,
         # so that muP's companions do not read the head count as fixed (testbed.companions). The model is the same.
         d_model, heads = model.get("d_model", config.ModelConfig.d_model), model["n_heads"]
         if isinstance(d_model, int) and isinstance(heads, int) and heads > 0 and d_model % heads == 0:
-            _put(raw, "model.head_dim", d_model // heads)
+            config.put(raw, "model.head_dim", d_model // heads)
     return config.from_dict(raw)
 
 

@@ -28,53 +28,32 @@ def _get(raw: dict, key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _set(raw: dict, key: str, value: Any) -> None:
-    *sections, last = key.split(".")
-    node = raw
-    for part in sections:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-def imply(raw: dict, defaults: dict[str, Any]) -> tuple[dict, list[str]]:
-    """(raw with muP's companions filled in where unset, the `key=value` strings implied).
+def implied(raw: dict, defaults: dict[str, Any]) -> dict[str, Any]:
+    """{key: value} of muP's companions the raw mapping leaves unset (empty unless param.name is muP-family).
 
     `defaults` holds the dataclass defaults of param.name, param.base_width and model.n_heads.
     """
-    name = _get(raw, "param.name")[1] if _get(raw, "param.name")[0] else defaults["param.name"]
-    if name not in MUP_FAMILY:
-        return raw, []
-    implied: dict[str, Any] = {}
+    if _value(raw, "param.name", defaults) not in MUP_FAMILY:
+        return {}
+    out: dict[str, Any] = {}
     if not _get(raw, "model.zero_init_readout")[0]:
-        implied["model.zero_init_readout"] = True
+        out["model.zero_init_readout"] = True
     if not _get(raw, "optim.grad_clip")[0]:
-        implied["optim.grad_clip"] = None
+        out["optim.grad_clip"] = None
     if _get(raw, "model.head_dim")[1] is None and not _get(raw, "param.base_head_dim")[0]:
-        base = _value(raw, "param.base_width", defaults)
-        heads = _value(raw, "model.n_heads", defaults)
+        base, heads = _value(raw, "param.base_width", defaults), _value(raw, "model.n_heads", defaults)
         if isinstance(base, int) and isinstance(heads, int) and heads > 0 and base % heads == 0:
-            implied["param.base_head_dim"] = base // heads
-    if not implied:
-        return raw, []
-    out = _deepcopy(raw)
-    for key, value in implied.items():
-        _set(out, key, value)
-    return out, [f"{key}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                 for key, v in implied.items()]
+            out["param.base_head_dim"] = base // heads
+    return out
 
 
-def note(name: str, implied: list[str]) -> str:
+def note(name: str, implied: dict[str, Any]) -> str:
     """The one line a command prints when companions were implied."""
-    return (f"note: param.name={name} implies {', '.join(implied)} (muP's companions; set any of them "
-            "explicitly to override)")
+    shown = ", ".join(f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                      for k, v in implied.items())
+    return f"note: param.name={name} implies {shown} (muP's companions; set any of them explicitly to override)"
 
 
 def _value(raw: dict, key: str, defaults: dict[str, Any]) -> Any:
     present, value = _get(raw, key)
     return value if present else defaults[key]
-
-
-def _deepcopy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deepcopy(v) for k, v in raw.items()}
-    return raw

@@ -299,14 +299,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=1e-3")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(text)
+        put(raw, key.strip(), _parse_scalar(text), source="--set ")
     return raw
+
+
+def put(raw: dict, key: str, value: Any, source: str = "") -> None:
+    """Sets a dotted key (`optim.lr`) in a raw config mapping, creating sections; `source` prefixes the error."""
+    node, parts = raw, key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}{key}: '{'.'.join(parts[:i + 1])}' is not a section")
+    node[parts[-1]] = value
 
 
 def _deepcopy(raw: Any) -> Any:
@@ -318,8 +322,13 @@ def _deepcopy(raw: Any) -> Any:
 def from_dict(raw: dict | None, notes: list[str] | None = None) -> Config:
     """A validated Config from a raw mapping; muP's companions are filled in where unset (testbed.companions),
     and the line saying so is appended to `notes` when given."""
-    raw, implied = companions.imply(raw or {}, {"param.name": ParamConfig.name, "param.base_width":
-                                                ParamConfig.base_width, "model.n_heads": ModelConfig.n_heads})
+    raw = raw or {}
+    implied = companions.implied(raw, {"param.name": ParamConfig.name, "param.base_width": ParamConfig.base_width,
+                                       "model.n_heads": ModelConfig.n_heads})
+    if implied:
+        raw = _deepcopy(raw)
+        for key, value in implied.items():
+            put(raw, key, value)
     cfg = _build(Config, raw, "")
     validate(cfg)
     if implied and notes is not None:
