@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from testbed import companions
-from testbed.parametrization import PARAMETRIZATIONS, ROLES
+from testbed.parametrization import OPTIMIZERS, PARAMETRIZATIONS, ROLES
 
 
 class ConfigError(ValueError):
@@ -105,6 +105,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    # the update rule (testbed/optim.py): adamw | lion (sign of interpolated momentum) | muon (orthogonalized
+    # momentum for hidden matrices, Adam for embeddings, gains and the readout) | schedule_free_adamw (iterate
+    # averaging in place of LR decay; evaluated at its averaged weights; needs schedule: constant)
+    name: str = "adamw"
     lr: float = 3e-3  # peak learning rate
     beta1: float = 0.9  # Adam first-moment decay
     beta2: float = 0.95  # Adam second-moment decay
@@ -126,6 +130,8 @@ class OptimConfig:
     cooldown_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
     lr_mult: dict[str, float] = field(default_factory=dict)  # per-role LR multipliers
     wd_mult: dict[str, float] = field(default_factory=dict)  # per-role weight-decay multipliers
+    muon_momentum: float = 0.95  # muon: momentum of the hidden matrices' Nesterov update
+    ns_steps: int = 5  # muon: Newton-Schulz iterations that orthogonalize the hidden matrices' update
 
 
 @dataclass
@@ -188,6 +194,7 @@ CHOICES = {
     "model.pos": ("rope", "learned"),
     "model.mlp": ("gelu", "swiglu"),
     "param.name": PARAMETRIZATIONS,
+    "optim.name": OPTIMIZERS,
     "param.sp_init": ("constant", "fan_in"),
     "optim.eps_rule": ("fixed", "scaled", "atan2"),
     "optim.wd_rule": ("none", "constant_tau", "sqrt", "timescale"),
@@ -211,7 +218,8 @@ TRACKING_KEYS = ("train.trackers", "train.wandb_project", "train.wandb_mode")
 TRACKERS = ("jsonl", "tensorboard", "wandb")
 # Keys added after run ids were in use: left out of a run's identity while at these defaults, so the ids of runs
 # that do not use them stay what they were.
-LATER_DEFAULTS = {"train.checkpoint_steps": [], "train.branch_from": None, "train.branch_step": None}
+LATER_DEFAULTS = {"train.checkpoint_steps": [], "train.branch_from": None, "train.branch_step": None,
+                  "optim.name": "adamw", "optim.muon_momentum": 0.95, "optim.ns_steps": 5}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -486,6 +494,30 @@ def _validate_optim(cfg: Config) -> None:
                           "set it to null or set wd_rule: timescale")
     if o.eps_rule == "atan2" and (o.atan2_a <= 0 or o.atan2_b <= 0):
         raise ConfigError("optim.atan2_a / optim.atan2_b: must be positive")
+    _validate_update_rule(cfg)
+
+
+def _validate_update_rule(cfg: Config) -> None:
+    """Settings that have no meaning for the chosen optim.name are refused, with the reason, not ignored."""
+    o = cfg.optim
+    if o.name == "lion" and o.eps_rule != "fixed":
+        raise ConfigError(f"optim.eps_rule: {o.eps_rule!r} rescales Adam's eps, but Lion's update is a sign and has "
+                          "no eps; set optim.eps_rule: fixed")
+    if o.name == "muon":
+        if o.wd_rule == "sqrt":
+            raise ConfigError("optim.wd_rule: sqrt (lambda ~ sqrt(width)) is derived for Adam's hidden LR ~ 1/width;"
+                              " Muon's hidden LR does not change with width, so the rule does not apply; use none, "
+                              "constant_tau or timescale")
+        if not 0 <= o.muon_momentum < 1:
+            raise ConfigError(f"optim.muon_momentum: must be in [0, 1), got {o.muon_momentum}")
+        if o.ns_steps < 1:
+            raise ConfigError(f"optim.ns_steps: must be >= 1, got {o.ns_steps}")
+    if o.name == "schedule_free_adamw":
+        if o.schedule != "constant":
+            raise ConfigError(f"optim.schedule: {o.schedule!r} decays the LR, which schedule-free replaces by "
+                              "averaging its iterates; set optim.schedule: constant (optim.warmup_steps applies)")
+        if o.beta1 <= 0:
+            raise ConfigError("optim.beta1: schedule-free interpolates with beta1, which must be > 0 (e.g. 0.9)")
 
 
 def _validate_data(cfg: Config) -> None:

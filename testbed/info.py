@@ -32,8 +32,9 @@ def format_info(d: dict) -> str:
     """One line per quantity, then the parameter-group table."""
     lines = [f"{k:28s} {v:,}" if isinstance(v, int) else f"{k:28s} {v}" for k, v in d.items() if k != "param_groups"]
     lines += ["", f"{'group (role:fan_in)':22s} {'params':>10s} {'init_std':>9s} {'peak lr':>10s} {'lambda':>9s} "
-                  f"{'eps':>9s} {'tau_iter':>10s}"]
+                  f"{'eps':>9s} {'tau_iter':>10s}  update"]
     for label, g in d["param_groups"].items():
         lines.append(f"{label:22s} {g['params']:>10,} {_fmt(g['init_std']):>9s} {_fmt(g['lr']):>10s} "
-                     f"{_fmt(g['weight_decay']):>9s} {_fmt(g['eps']):>9s} {_fmt(g['tau_iter']):>10s}")
+                     f"{_fmt(g['weight_decay']):>9s} {_fmt(g['eps']):>9s} {_fmt(g['tau_iter']):>10s}  "
+                     f"{g.get('update', '')}")
     return "\n".join(lines)

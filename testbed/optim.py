@@ -1,9 +1,12 @@
 """The optimizer owns the learning rate: one optax chain built from the parametrization table and the schedule.
 
+optim.name picks the update direction (AdamW, Lion, Muon, schedule-free AdamW; see `direction`); everything
+else (groups, multipliers, decay, schedule, injected hyperparameters) is shared by all four.
+
 `make_optimizer(cfg, info)` is the only place an LR is computed. Parameters are grouped by their ParamInfo
 (testbed.model.param_info: role, fan-in, inside a block or not); each group reads its LR, weight-decay and eps
 multipliers from testbed.parametrization, so SP, muP, CompleteP and the weight-decay rules differ only in the
-table. The chain is clip -> per group (Adam -> decoupled decay -> -lr_t * lr_mult), where lr_t = peak LR x the
+table. The chain is clip -> per group (direction -> decoupled decay -> -lr_t * lr_mult), where lr_t = peak LR x the
 schedule's factor at the chain's own step count. The peak LR and weight decay are injected once, at init, as
 hyperparameters (`optax.inject_hyperparams`), and the schedule's numbers (length, warmup, cooldown) ride in its
 schedule state: all live in the optimizer state, so the train step is a pure function of (params, optimizer state,
@@ -64,11 +67,38 @@ def scale_by_adam_atan2(b1: float, b2: float, a: float, b: float) -> optax.Gradi
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _scale_by_adam(cfg: Config, eps_mult: float) -> optax.GradientTransformation:
+def _scale_by_adam(cfg: Config, eps_mult: float, b1: float) -> optax.GradientTransformation:
     o = cfg.optim
     if o.eps_rule == "atan2":
-        return scale_by_adam_atan2(o.beta1, o.beta2, o.atan2_a, o.atan2_b)
-    return optax.scale_by_adam(o.beta1, o.beta2, eps=o.eps * eps_mult)
+        return scale_by_adam_atan2(b1, o.beta2, o.atan2_a, o.atan2_b)
+    return optax.scale_by_adam(b1, o.beta2, eps=o.eps * eps_mult)
+
+
+def scale_by_shape() -> optax.GradientTransformation:
+    """x sqrt(max(1, fan_out / fan_in)) per [fan_in, fan_out] matrix: an orthogonalized update's spectral norm
+    made the one the spectral condition asks for (Bernstein et al.). optax.contrib.muon applies the same factor
+    but keeps its transform private in optax 0.2.8, hence this one line."""
+    return optax.stateless(lambda u, p: jax.tree.map(lambda x: x * max(1.0, x.shape[1] / x.shape[0]) ** 0.5, u))
+
+
+def direction(cfg: Config, role: str, eps_mult: float) -> optax.GradientTransformation:
+    """The update direction of one group under optim.name, before decay and the LR.
+
+    adamw: Adam. lion: sign(interpolated momentum) (optax.scale_by_lion, with optim.beta1/beta2). muon: hidden
+    matrices get Nesterov momentum orthogonalized by Newton-Schulz (optax.contrib.scale_by_muon) and scaled by
+    their shape; embeddings, gains and the readout keep Adam, as Muon's authors train them. schedule_free_adamw:
+    Adam without momentum (b1 = 0); the averaging that replaces it wraps the whole chain (make_optimizer).
+    """
+    o = cfg.optim
+    if o.name == "lion":
+        return optax.scale_by_lion(o.beta1, o.beta2)
+    if o.name == "muon" and role == "hidden":
+        # every hidden kernel is one [fan_in, fan_out] matrix; given per leaf because optax.partition hands the
+        # transform a tree whose other groups' leaves are masked out (a bare default would not match it)
+        dims = lambda u: jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(), u)  # noqa: E731
+        muon = optax.contrib.scale_by_muon(beta=o.muon_momentum, ns_steps=o.ns_steps, weight_dimension_numbers=dims)
+        return optax.chain(muon, scale_by_shape())
+    return _scale_by_adam(cfg, eps_mult, 0.0 if o.name == "schedule_free_adamw" else o.beta1)
 
 
 def decays(cfg: Config) -> bool:
@@ -82,18 +112,19 @@ def _group_scales(cfg: Config, info) -> dict[str, parametrization.RoleScale]:
 
 
 def make_optimizer(cfg: Config, info) -> optax.GradientTransformation:
-    """clip -> per group (Adam -> decoupled decay -> -peak_lr * schedule(count) * lr_mult); `info` is
+    """clip -> per group (direction -> decoupled decay -> -peak_lr * schedule(count) * lr_mult), the direction
+    chosen by optim.name (`direction`); schedule_free_adamw wraps it in optax.contrib.schedule_free. `info` is
     testbed.model.param_info(params). Its state carries the peak LR and weight decay (see `init`)."""
     o = cfg.optim
     labels = jax.tree.map(lambda i: i.group, info)
     scales = _group_scales(cfg, info)
 
-    def adamw_by_group(peak_lr, weight_decay, lr_factor):
+    def by_group(peak_lr, weight_decay, lr_factor):
         lr_t = peak_lr * lr_factor
         lam = coupled_decay(cfg, weight_decay, peak_lr)
         groups = {}
         for label, s in scales.items():
-            parts = [_scale_by_adam(cfg, s.eps_mult)]
+            parts = [direction(cfg, label.split(":")[0], s.eps_mult)]
             if s.wd_mult and decays(cfg):
                 parts.append(optax.add_decayed_weights(lam * s.wd_mult))
             parts.append(optax.scale_by_learning_rate(lr_t * s.lr_mult))
@@ -101,10 +132,29 @@ def make_optimizer(cfg: Config, info) -> optax.GradientTransformation:
         tx = optax.partition(groups, labels)
         if o.grad_clip is not None:
             tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+        if o.name == "schedule_free_adamw":  # weights of the average ~ lr_t^2: warmup steps count less
+            tx = optax.contrib.schedule_free(tx, learning_rate=lr_t, b1=o.beta1)
         return tx
 
-    return optax.inject_hyperparams(adamw_by_group)(
+    return optax.inject_hyperparams(by_group)(
         **hyperparams(cfg), lr_factor=schedules.Stateful(o, cfg.total_steps))
+
+
+def eval_params_fn(cfg: Config, packed: bool = False):
+    """(opt_state, params) -> the weights to evaluate, jitted (vmapped over a pack's members when `packed`); the
+    identity, free, for every optimizer but schedule-free."""
+    if cfg.optim.name != "schedule_free_adamw":
+        return lambda opt_state, params: params
+    return jax.jit(jax.vmap(eval_params) if packed else eval_params)
+
+
+def eval_params(opt_state, params):
+    """The weights to evaluate: schedule-free's averaged iterate x (params hold its interpolation y, where
+    gradients are taken); the trained weights themselves for every other optimizer. Vmap it for a pack."""
+    inner = opt_state.inner_state
+    if isinstance(inner, optax.contrib.ScheduleFreeState):
+        return optax.contrib.schedule_free_eval_params(inner, params)
+    return params
 
 
 def hyperparams(cfg: Config) -> dict:
@@ -147,8 +197,15 @@ def group_table(cfg: Config, info, params) -> dict:
         lr_g, lam_g = o.lr * s.lr_mult, lam * s.wd_mult
         table[label] = {
             "params": counts[label], "lr": lr_g, "weight_decay": lam_g,
-            "eps": None if o.eps_rule == "atan2" else o.eps * s.eps_mult,
+            "update": update_name(cfg, label.split(":")[0]),
+            "eps": None if o.eps_rule == "atan2" or o.name == "lion" else o.eps * s.eps_mult,
             "init_std": None if label.startswith("vector") else s.init_std,
             "tau_iter": 1.0 / (lr_g * lam_g) if lr_g * lam_g > 0 else None,
         }
     return table
+
+
+def update_name(cfg: Config, role: str) -> str:
+    """What moves one role's parameters: the optimizer, or Adam for the roles Muon leaves to it."""
+    name = cfg.optim.name
+    return "adam" if name == "muon" and role != "hidden" else name

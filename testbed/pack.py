@@ -119,6 +119,7 @@ class PackProgram:
         self.compile_s = time.perf_counter() - t0
         self.evaluators = [Evaluator(cfg, m.source) for m in ms]
         self.evaluator = PackEvaluator(cfg, self.evaluators)
+        self.eval_params = optim.eval_params_fn(cfg, packed=True)
         sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
         self.sv = PackSigma(params) if sigma_every else None
 
@@ -127,7 +128,7 @@ class PackProgram:
         return metrics_K
 
     def dispatch_eval(self):
-        return self.evaluator.dispatch(self.state_K["params"])
+        return self.evaluator.dispatch(self.eval_params(self.state_K["opt_state"], self.state_K["params"]))
 
     def dispatch_sigma(self):
         return self.sv.dispatch(self.state_K["params"]) if self.sv is not None else None

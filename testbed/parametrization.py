@@ -31,6 +31,9 @@ PARAMETRIZATIONS = tuple(DEPTH_ALPHA)
 MUP_FAMILY = ("mup", "depth_mup", "completep")
 DEPTH_RULES = ("depth_mup", "completep")
 ROLES = ("embedding", "hidden", "vector", "readout")
+# optim.name: the update rules (testbed.optim). Muon's hidden-matrix update is orthogonalized and scaled by its
+# shape, so its LR keeps width-constant where Adam's (and Lion's, also entrywise +-1) needs 1 / m.
+OPTIMIZERS = ("adamw", "lion", "muon", "schedule_free_adamw")
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ def _width_lr(cfg, role: str, in_block: bool) -> float:
         return m ** -p.perlayer_c.get(role, 0.0)
     # depth_mup / completep: x m_L^(alpha - 1) inside blocks; plain muP has no depth rule (factor 1)
     depth = depth_mult(cfg) ** (depth_alpha(cfg) - 1.0) if p.name in DEPTH_RULES else 1.0
-    if role == "hidden":
-        return (1.0 / m) * depth
+    if role == "hidden":  # Muon: width-constant (its update's spectral norm is set by the matrix's shape)
+        return (1.0 if cfg.optim.name == "muon" else 1.0 / m) * depth
     if role == "vector" and in_block:
         return depth
     return 1.0

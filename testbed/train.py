@@ -157,6 +157,7 @@ class SingleProgram:
         self.step_fn = jitted.lower(self.state, self.batch_at(start)).compile()
         self.compile_s = time.perf_counter() - t0
         self.evaluator = Evaluator(cfg, member.source, place)
+        self.eval_params = optim.eval_params_fn(cfg)
         sigma_every = cfg.train.eval_every if cfg.train.sigma_every is None else cfg.train.sigma_every
         self.sv = spectral.SingularValues(params) if sigma_every else None
         if self.sv is not None and place is not None:
@@ -172,7 +173,7 @@ class SingleProgram:
         return {**metrics, "stop_vote": self.place.vote(stop)} if self.voting else metrics
 
     def dispatch_eval(self):
-        return self.evaluator.dispatch(self.state["params"])
+        return self.evaluator.dispatch(self.eval_params(self.state["opt_state"], self.state["params"]))
 
     def dispatch_sigma(self):
         return self.sv.dispatch(self.state["params"]) if self.sv is not None else None

@@ -54,3 +54,35 @@ def test_same_recipe_twice_differs_by_nothing_significant(tmp_path, cli):
     assert all(row["ci"][0] <= 0 <= row["ci"][1] for row in out["optimal_loss"])
     r = cli("compare", str(a), str(b), "--law", "kaplan")
     assert r.returncode == 2 and "--law" in r.stderr
+
+
+def test_one_table_by_recipe_recovers_a_known_compute_multiplier(tmp_path, cli):
+    """Two Chinchilla laws that differ only in A (A_B = A_A / k) have a constant compute multiplier k^(1/alpha):
+    L*(C) = E + G C^-gamma with G ~ A^(beta/(alpha+beta)). One CSV with a recipe column; the fit recovers it."""
+    k = 1.5
+    faster = {**RECIPE_A, "A": RECIPE_A["A"] / k}
+    truth = k ** (1 / RECIPE_A["alpha"])  # 3.29
+    C = compare.c_grid(1e17)
+    exact = compare.multiplier(laws.chinchilla_optimum(RECIPE_A, C)["loss"],
+                               laws.chinchilla_optimum(faster, C)["loss"], C)[0]
+    assert np.nanmax(np.abs(exact / truth - 1)) < 1e-3  # the inversion itself is exact and constant in C
+    frames = []
+    for name, q, seed in (("adamw", RECIPE_A, 0), ("fast", faster, 1)):
+        write_points(tmp_path / f"{name}.csv", q, seed)
+        frames.append(pd.read_csv(tmp_path / f"{name}.csv").assign(recipe=name))
+    table = tmp_path / "recipes.csv"
+    pd.concat(frames).to_csv(table, index=False)
+    out, _ = compare.compare_by(table, bootstrap=100)
+    assert out["by"] == "recipe" and list(out["recipes"]) == ["adamw", "fast"] and len(out["pairs"]) == 1
+    rows = [r for r in out["pairs"][0]["compute_multiplier"] if not r["extrapolated"]]
+    assert len(rows) == 5
+    for r in rows:
+        assert r["multiplier"] == pytest.approx(truth, rel=0.15)
+        assert r["ci"][0] <= truth <= r["ci"][1]
+    assert out["pairs"][0]["crossover"]["C"] is None  # B leads everywhere: no sign change
+    r = cli("compare", str(table), "--bootstrap", "30", "--plot", str(tmp_path / "m.png"))
+    assert r.returncode == 0, r.stderr
+    assert "compute multiplier" in r.stdout and "fast" in r.stdout
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    r = cli("compare", str(table), "--by", "nope")
+    assert r.returncode == 2 and "--by" in r.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 from testbed.analysis import registry
 from testbed.launch.cli.spec import Command, arg, stderr
 
+from testbed.config import ConfigError
 from testbed.runstore import dumps
 
 
@@ -42,8 +43,15 @@ def cmd_backtest(args) -> int:
 def cmd_compare(args) -> int:
     from testbed.analysis import compare, load
 
-    out, curves = compare.compare(args.a, args.b, law=args.law, bootstrap=args.bootstrap, seed=args.seed,
-                                  columns=load.parse_columns(args.columns), filter=args.filter)
+    kw = dict(law=args.law, bootstrap=args.bootstrap, seed=args.seed, columns=load.parse_columns(args.columns),
+              filter=args.filter)
+    if args.b is None:
+        out, curves = compare.compare_by(args.a, by=args.by, **kw)
+    elif args.by:
+        raise ConfigError("--by: splits ONE sweep or table into recipes; with two inputs each is one recipe. Drop "
+                          "--by or the second input")
+    else:
+        out, curves = compare.compare(args.a, args.b, **kw)
     return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
 
 
@@ -161,9 +169,11 @@ COMMANDS = (
         JSON,
         arg("--plot", help="write the error-vs-extrapolation figure here (.png, .svg or .pdf)"),
     ), cmd_backtest),
-    Command("compare", "fit one law to two sweeps; differences, L*(C) across compute, crossover", (
-        arg("a", help="sweep directory or CSV (recipe A)"),
-        arg("b", help="sweep directory or CSV (recipe B)"),
+    Command("compare", "fit one law per recipe (two sweeps, or one sweep split --by a column); differences, "
+            "L*(C) across compute, crossover, compute multiplier", (
+        arg("a", help="sweep directory or CSV (recipe A; alone: every recipe, told apart by --by)"),
+        arg("b", nargs="?", help="sweep directory or CSV (recipe B)"),
+        arg("--by", help="with one input: the column naming each run's recipe (default: recipe, else optim.name)"),
         arg("--law", default="chinchilla", help="chinchilla | chinchilla-vp"),
         arg("--bootstrap", type=int, default=200, metavar="K", help="resamples per sweep (>= 20)"),
         arg("--columns", help="column mapping for CSV inputs, as in testbed fit"),
