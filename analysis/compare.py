@@ -16,6 +16,7 @@ import numpy as np
 from testbed.analysis import laws, load, plots, registry
 
 from testbed.config import ConfigError
+from testbed.runstore import atomic_write_text
 
 PER_DECADE = 20  # compute grid density where L*(C) is compared, crossings searched and multipliers read
 
@@ -79,10 +80,15 @@ def compare(a: str | Path, b: str | Path, law: str = "chinchilla", bootstrap: in
     return {"law": law, **out}, curves
 
 
+TABLE_COLUMNS = ("run_id", "status", "N", "N_nonembed", "D", "C", "loss", "loss_se", "model.d_model")
+
+
 def compare_by(data: str | Path, by: str | None = None, law: str = "chinchilla", bootstrap: int = 200,
-               seed: int = 0, columns: dict[str, str] | None = None, filter: str | None = None) -> tuple[dict, dict]:
+               seed: int = 0, columns: dict[str, str] | None = None, filter: str | None = None,
+               table_out: str | Path | None = None) -> tuple[dict, dict]:
     """One sweep (or table) holding several recipes: the law fitted to each value of column `by`, and every pair
-    compared as `compare` does (the first value in the table's order is A of its pairs)."""
+    compared as `compare` does (the first value in the table's order is A of its pairs). `table_out`: write the
+    runs (recipe, N, D, C, loss, status; a few KB) as a CSV this function reads back in place of the sweep."""
     _check(law, bootstrap)
     table = load.load(data, columns=columns, filter=filter)
     if by is None:
@@ -93,6 +99,9 @@ def compare_by(data: str | Path, by: str | None = None, law: str = "chinchilla",
     if by not in table.columns:
         raise ConfigError(f"--by: no column '{by}' in {data}; columns include "
                           f"{', '.join(sorted(c for c in table.columns if not c.startswith('data.'))[:20])}")
+    if table_out is not None:  # before the fits, so a sweep whose fit fails still exports its runs
+        keep = [by, *(c for c in TABLE_COLUMNS if c in table.columns and c != by)]
+        atomic_write_text(table_out, table[keep].to_csv(index=False))
     values = list(dict.fromkeys(table[by].dropna().tolist()))
     if len(values) < 2:
         raise ConfigError(f"--by {by}: compare needs at least two recipes, found {values}")

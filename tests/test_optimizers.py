@@ -14,6 +14,7 @@ from testbed.model import param_info
 from testbed.pack import train_pack
 from testbed.train import train
 
+from .test_diagnostics import check
 from .test_optim import grads_like, setup
 from .test_pack import TINY, assert_same_curves, quiet, rows
 from .test_pack import cfg as pack_cfg
@@ -149,3 +150,13 @@ def test_each_rule_packs_like_single_runs_and_resumes_bitwise(name, tmp_path):
     train(cfgs[0], tmp_path / "cut", progress=False, log=quiet)
     if jax.default_backend() == "cpu":
         assert curve(tmp_path / "cut") == curve(tmp_path / "s0")
+
+
+@pytest.mark.parametrize("name", ["muon", "lion"])
+def test_coordcheck_passes_under_mup_and_fails_under_sp(name):
+    """The width rule each update reads from the table holds: muP's activations stay put across width (Muon with
+    its width-constant hidden LR), SP's grow."""
+    mup = check("mup", widths=[64, 128, 256], extra=[f"optim.name={name}"])
+    assert mup["passed"], mup["worst_ratio_4x"]
+    sp = check("sp", widths=[64, 128, 256], extra=[f"optim.name={name}"])
+    assert not sp["passed"] and sp["worst_ratio_4x"]["ratio"] > 2.0
