@@ -309,7 +309,8 @@ def format_report(result: dict) -> str:
             out.append("  normalized sigma_max of hidden matrices at the optimum: "
                        + ", ".join(_f(v, ".3g") for v in p["sigma_norm_at_opt"])
                        + f" (max/min {_f(p['sigma_norm_spread'], '.2f')})")
-        out.append(f"  verdict: {'TRANSFERS' if p['transfers'] else 'does not transfer'}")
+        out.append("  verdict: " + ("none (one axis value: nothing to transfer across)" if len(p["widths"]) < 2
+                                     else "TRANSFERS" if p["transfers"] else "does not transfer"))
         out += [f"  warning: {w}" for w in p["warnings"]]
     if any(any(p["edge"]) for p in r["panels"]):
         out.append("\n* the observed minimum, not a fitted vertex (see the warning)")
@@ -348,9 +349,12 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
                 ax.plot(p["log2_opt"][j], p["loss_opt"][j], "*", color=color, ms=13, mec="black", mew=0.6)
         short = len(p["panel"]) > 1  # several panel keys: their last parts keep the title within the subplot
         title = ", ".join(_name(k, v, short=short) for k, v in p["panel"].items()) or "all runs"
-        verdict = "transfers" if p["transfers"] else "does not transfer"
-        ax.set_title(f"{title}\n{verdict} (drift {_f(p['drift'], '.2f')}, slope {_f(p['slope'], '+.2f')})",
-                     fontsize=10)
+        if len(p["widths"]) < 2:  # an LR probe at one shape: its optimum, no transfer to judge
+            sub = f"log2 optimum {_f(p['log2_opt'][0], '.2f')}, loss {_f(p['loss_opt'][0], '.4f')}"
+        else:
+            sub = (f"{'transfers' if p['transfers'] else 'does not transfer'} (drift {_f(p['drift'], '.2f')}, "
+                   f"slope {_f(p['slope'], '+.2f')})")
+        ax.set_title(f"{title}\n{sub}", fontsize=10)
         ax.set_xlabel(f"log2 {HP_LABELS.get(hp, hp)}" + _rule_text(result))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=axis.split(".")[-1], title_fontsize=8)
