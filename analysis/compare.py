@@ -85,10 +85,11 @@ TABLE_COLUMNS = ("run_id", "status", "N", "N_nonembed", "D", "C", "loss", "loss_
 
 def compare_by(data: str | Path, by: str | None = None, law: str = "chinchilla", bootstrap: int = 200,
                seed: int = 0, columns: dict[str, str] | None = None, filter: str | None = None,
-               table_out: str | Path | None = None) -> tuple[dict, dict]:
+               table_out: str | Path | None = None, baseline: str | None = None) -> tuple[dict, dict]:
     """One sweep (or table) holding several recipes: the law fitted to each value of column `by`, and every pair
-    compared as `compare` does (the first value in the table's order is A of its pairs). `table_out`: write the
-    runs (recipe, N, D, C, loss, status; a few KB) as a CSV this function reads back in place of the sweep."""
+    compared as `compare` does. `baseline` is A of its pairs (default: the first value in sorted order), the others
+    follow in sorted order. `table_out`: write the runs (recipe, N, D, C, loss, status; a few KB) as a CSV this
+    function reads back in place of the sweep."""
     _check(law, bootstrap)
     table = load.load(data, columns=columns, filter=filter)
     if by is None:
@@ -102,9 +103,14 @@ def compare_by(data: str | Path, by: str | None = None, law: str = "chinchilla",
     if table_out is not None:  # before the fits, so a sweep whose fit fails still exports its runs
         keep = [by, *(c for c in TABLE_COLUMNS if c in table.columns and c != by)]
         atomic_write_text(table_out, table[keep].to_csv(index=False))
-    values = list(dict.fromkeys(table[by].dropna().tolist()))
+    values = sorted(set(table[by].dropna().tolist()), key=str)
     if len(values) < 2:
         raise ConfigError(f"--by {by}: compare needs at least two recipes, found {values}")
+    if baseline is not None:
+        match = [v for v in values if str(v) == baseline]
+        if not match:
+            raise ConfigError(f"--baseline {baseline}: not a value of {by}; its values: {', '.join(map(str, values))}")
+        values = [match[0], *(v for v in values if v != match[0])]
     fits = {}
     for i, v in enumerate(values):
         where = f"`{by}` == {v!r}"

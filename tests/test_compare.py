@@ -88,3 +88,8 @@ def test_one_table_by_recipe_recovers_a_known_compute_multiplier(tmp_path, cli):
     assert (tmp_path / "m.png").stat().st_size > 10_000
     r = cli("compare", str(table), "--by", "nope")
     assert r.returncode == 2 and "--by" in r.stderr
+    flipped, _ = compare.compare_by(table, bootstrap=30, baseline="fast")  # A and B swap: the multiplier inverts
+    assert list(flipped["recipes"]) == ["fast", "adamw"]
+    assert flipped["pairs"][0]["compute_multiplier"][2]["multiplier"] == pytest.approx(1 / truth, rel=0.15)
+    r = cli("compare", str(table), "--baseline", "sgd")
+    assert r.returncode == 2 and "--baseline" in r.stderr

@@ -46,10 +46,10 @@ def cmd_compare(args) -> int:
     kw = dict(law=args.law, bootstrap=args.bootstrap, seed=args.seed, columns=load.parse_columns(args.columns),
               filter=args.filter)
     if args.b is None:
-        out, curves = compare.compare_by(args.a, by=args.by, table_out=args.table, **kw)
-    elif args.by or args.table:
-        raise ConfigError("--by / --table: for ONE sweep or table holding several recipes; with two inputs each "
-                          "is one recipe. Drop them or the second input")
+        out, curves = compare.compare_by(args.a, by=args.by, table_out=args.table, baseline=args.baseline, **kw)
+    elif args.by or args.table or args.baseline:
+        raise ConfigError("--by / --table / --baseline: for ONE sweep or table holding several recipes; with two "
+                          "inputs each is one recipe. Drop them or the second input")
     else:
         out, curves = compare.compare(args.a, args.b, **kw)
     return _emit(args, out, lambda path: compare.plot(curves, out, path), compare.format_text)
@@ -174,6 +174,8 @@ COMMANDS = (
         arg("a", help="sweep directory or CSV (recipe A; alone: every recipe, told apart by --by)"),
         arg("b", nargs="?", help="sweep directory or CSV (recipe B)"),
         arg("--by", help="with one input: the column naming each run's recipe (default: recipe, else optim.name)"),
+        arg("--baseline", metavar="RECIPE", help="with one input: the recipe every other is compared against (A); "
+            "default: the first in sorted order"),
         arg("--table", metavar="OUT.csv", help="with one input: write its runs (recipe column, N, D, C, loss, "
             "status) as a CSV that compare reads in place of the sweep"),
         arg("--law", default="chinchilla", help="chinchilla | chinchilla-vp"),
@@ -246,6 +248,8 @@ COMMANDS = (
         arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
         arg("--profile", action="store_true", help="print the curves instead: per axis value and hp grid point, "
             "the loss over the row's lowest and the normalized sigma_max (markdown tables)"),
+        arg("--baseline", metavar="RECIPE", help="with one input: the recipe every other is compared against (A); "
+            "default: the first in sorted order"),
         arg("--table", metavar="OUT.csv", help="write the run table (varying config keys, seed, metric, normalized "
             "sigma_max, status; one row per run), which this command reads back in place of the sweep directory"),
     ), cmd_transfer),
