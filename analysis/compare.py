@@ -102,7 +102,7 @@ def compare_by(data: str | Path, by: str | None = None, law: str = "chinchilla",
                           f"{', '.join(sorted(c for c in table.columns if not c.startswith('data.'))[:20])}")
     if table_out is not None:  # before the fits, so a sweep whose fit fails still exports its runs
         keep = [by, *(c for c in TABLE_COLUMNS if c in table.columns and c != by)]
-        atomic_write_text(table_out, table[keep].to_csv(index=False))
+        atomic_write_text(Path(table_out), table[keep].to_csv(index=False))
     values = sorted(set(table[by].dropna().tolist()), key=str)
     if len(values) < 2:
         raise ConfigError(f"--by {by}: compare needs at least two recipes, found {values}")
@@ -259,10 +259,16 @@ def plot(curves: dict, out: dict, path: str | Path) -> None:
     ax3.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)",
             ylabel="compute multiplier of B over A (> 1: B ahead)")
     lo, hi = pairs[0]["range"]
+    right = min(pairs[0]["C"][-1], hi * 1e3)  # the multiplier table reads to 100x beyond the data; show 1000x
     for axis in (ax, ax2, ax3):  # the compute the data measured; outside it the curves are extrapolations
         axis.axvspan(lo, hi, color="grey", alpha=0.1, lw=0)
-        axis.set_xlim(pairs[0]["C"][0], min(pairs[0]["C"][-1], hi * 1e4))
+        axis.set_xlim(pairs[0]["C"][0], right)
         axis.legend(fontsize=8)
+    shown = np.concatenate([np.r_[cv["m"], cv["m_lo"], cv["m_hi"]][np.r_[cv["C"], cv["C"], cv["C"]] <= right]
+                            for cv in pairs])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    if shown.size:  # far-extrapolated CIs run to 1e-5..1e5: keep the axis on what can be read
+        ax3.set_ylim(max(shown.min() / 1.5, 1 / 30), min(shown.max() * 1.5, 30))
     fig.tight_layout()
     plots.save(fig, path)
     plt.close(fig)

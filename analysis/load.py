@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from testbed.analysis.runtable import with_defaults
 
 from testbed.config import ConfigError
 from testbed.runstore import RunDir, flatten, number
@@ -57,7 +58,7 @@ def _run_row(run: RunDir, metric: str) -> tuple[dict[str, Any], bool]:
            "D": number(s.get("tokens")), "C": number(s.get("flops")), "loss": number(s.get(metric)),
            "train_loss": number(s.get("final_train_loss")), "loss_se": number(s.get(f"{metric}_se")),
            "steps": number(s.get("steps")), "data_entropy": number(s.get("data_entropy"))}
-    return {**row, **flatten(cfg)}, metric in s
+    return {**row, **with_defaults(flatten(cfg))}, metric in s
 
 
 def _load_sweep(sweep_dir: Path, metric: str) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed import config
 from testbed.config import ConfigError
 from testbed.runstore import atomic_write_text, flatten, number
 from testbed.sweepdir import SweepDir
@@ -34,6 +35,17 @@ class RunTable:
     unfinished: list[str] = field(default_factory=list)
 
 
+_DEFAULTS: dict[str, Any] = {}
+
+
+def with_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """A run's flattened config with the keys added since it was written (e.g. optim.name) at their defaults, so
+    runs from before and after a new key compare as equal where they are."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(flatten(config.to_dict(config.Config())))
+    return {**{k: v for k, v in _DEFAULTS.items() if k not in flat}, **flat}
+
+
 def sigma_norm_hidden(summary: dict) -> float | None:
     """Geometric mean over a run's hidden matrices (those in blocks) of sigma_max / (sqrt(eta/lambda) d^0.75)."""
     values = [v for name, v in (summary.get("final_sigma_normalized") or {}).items()
@@ -50,7 +62,7 @@ def load_runs(sweep_dir: str | Path, metric: str = "final_eval_loss") -> RunTabl
         if summary is None:
             unfinished.append(run.path.name)
             continue
-        flat = flatten(run.read_config_dict())
+        flat = with_defaults(flatten(run.read_config_dict()))
         keys.update(flat)
         has_metric |= metric in summary
         rows.append({**flat, "run_dir": run.path.name, "status": summary.get("status"),

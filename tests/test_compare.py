@@ -82,8 +82,10 @@ def test_one_table_by_recipe_recovers_a_known_compute_multiplier(tmp_path, cli):
         assert r["multiplier"] == pytest.approx(truth, rel=0.15)
         assert r["ci"][0] <= truth <= r["ci"][1]
     assert out["pairs"][0]["crossover"]["C"] is None  # B leads everywhere: no sign change
-    r = cli("compare", str(table), "--bootstrap", "30", "--plot", str(tmp_path / "m.png"))
+    r = cli("compare", str(table), "--bootstrap", "30", "--plot", str(tmp_path / "m.png"), "--table",
+            str(tmp_path / "cli.csv"))
     assert r.returncode == 0, r.stderr
+    assert pd.read_csv(tmp_path / "cli.csv")["recipe"].tolist() == pd.read_csv(table)["recipe"].tolist()
     assert "compute multiplier" in r.stdout and "fast" in r.stdout
     assert (tmp_path / "m.png").stat().st_size > 10_000
     r = cli("compare", str(table), "--by", "nope")
