@@ -72,8 +72,8 @@ def test_one_table_by_recipe_recovers_a_known_compute_multiplier(tmp_path, cli):
         frames.append(pd.read_csv(tmp_path / f"{name}.csv").assign(recipe=name))
     table = tmp_path / "recipes.csv"
     pd.concat(frames).to_csv(table, index=False)
-    out, _ = compare.compare_by(table, bootstrap=100, table_out=tmp_path / "runs.csv")
-    again, _ = compare.compare_by(tmp_path / "runs.csv", bootstrap=100)  # the exported table: the same analysis
+    out, _ = compare.compare_by(table, bootstrap=60, table_out=tmp_path / "runs.csv")
+    again, _ = compare.compare_by(tmp_path / "runs.csv", bootstrap=60)  # the exported table: the same analysis
     assert again["pairs"][0]["compute_multiplier"] == out["pairs"][0]["compute_multiplier"]
     assert out["by"] == "recipe" and list(out["recipes"]) == ["adamw", "fast"] and len(out["pairs"]) == 1
     rows = [r for r in out["pairs"][0]["compute_multiplier"] if not r["extrapolated"]]

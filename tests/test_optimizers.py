@@ -156,7 +156,7 @@ def test_each_rule_packs_like_single_runs_and_resumes_bitwise(name, tmp_path):
 def test_coordcheck_passes_under_mup_and_fails_under_sp(name):
     """The width rule each update reads from the table holds: muP's activations stay put across width (Muon with
     its width-constant hidden LR), SP's grow."""
-    mup = check("mup", widths=[64, 128, 256], extra=[f"optim.name={name}"])
+    mup = check("mup", widths=[64, 256], extra=[f"optim.name={name}"])
     assert mup["passed"], mup["worst_ratio_4x"]
-    sp = check("sp", widths=[64, 128, 256], extra=[f"optim.name={name}"])
+    sp = check("sp", widths=[64, 256], extra=[f"optim.name={name}"])
     assert not sp["passed"] and sp["worst_ratio_4x"]["ratio"] > 2.0

@@ -108,7 +108,8 @@ def test_mesh_is_placement_not_identity(tmp_path):
     placement = "  mesh: {}\n  distributed: null\n  platform: auto\n  attention: auto\n"
     old_yaml = (C.dump_yaml(base).replace(placement, "")  # the YAML before these keys
                 .replace("  checkpoint_steps: []\n  branch_from: null\n  branch_step: null\n", "")
-                .replace("  trackers:\n  - jsonl\n  wandb_project: testbed\n  wandb_mode: null\n", ""))
+                .replace("  trackers:\n  - jsonl\n  wandb_project: testbed\n  wandb_mode: null\n", "")
+                .replace("  name: adamw\n", "").replace("  muon_momentum: 0.95\n  ns_steps: 5\n", ""))
     assert C.identity_yaml(base) == old_yaml
     RunDir(tmp_path).check_or_write_config(fsdp)
     RunDir(tmp_path).check_or_write_config(base)  # no error: same run, other placement
