@@ -8,6 +8,7 @@ sweep directory. No JAX, no model code.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -35,15 +36,15 @@ class RunTable:
     unfinished: list[str] = field(default_factory=list)
 
 
-_DEFAULTS: dict[str, Any] = {}
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return flatten(config.to_dict(config.Config()))
 
 
 def with_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     """A run's flattened config with the keys added since it was written (e.g. optim.name) at their defaults, so
     runs from before and after a new key compare as equal where they are."""
-    if not _DEFAULTS:
-        _DEFAULTS.update(flatten(config.to_dict(config.Config())))
-    return {**{k: v for k, v in _DEFAULTS.items() if k not in flat}, **flat}
+    return {**_defaults(), **flat}
 
 
 def sigma_norm_hidden(summary: dict) -> float | None:

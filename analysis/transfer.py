@@ -187,7 +187,8 @@ def _panel(cells: dict[float, Cell], axis: str, n_boot: int, rng: np.random.Gene
             "loss_opt": [_found(fits[w].loss_opt) for w in widths], "edge": [fits[w].edge for w in widths],
             "n_seeds": [len(cells[w].seeds) for w in widths], "drift": drift, "slope": slope,
             "base_width": ok[0] if ok else None, "penalty": penalty, "max_penalty": max_penalty,
-            "wider_is_better": wider, "monotone_fraction": monotone, "transfers": bool(transfers),
+            "wider_is_better": wider, "monotone_fraction": monotone,
+            "transfers": bool(transfers) if len(widths) >= 2 else None,  # one axis value: nothing to judge
             "warnings": warnings}
 
 
@@ -281,6 +282,12 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _verdict(panel: dict) -> str:
+    if panel["transfers"] is None:
+        return "none (one axis value: nothing to transfer across)"
+    return "transfers" if panel["transfers"] else "does not transfer"
+
+
 def format_report(result: dict) -> str:
     """A readable table per panel (axis value, log2 eta* with CI, loss, penalty) and the panel's verdict."""
     r, th, axis = result, result["thresholds"], result["axis"]
@@ -309,8 +316,8 @@ def format_report(result: dict) -> str:
             out.append("  normalized sigma_max of hidden matrices at the optimum: "
                        + ", ".join(_f(v, ".3g") for v in p["sigma_norm_at_opt"])
                        + f" (max/min {_f(p['sigma_norm_spread'], '.2f')})")
-        out.append("  verdict: " + ("none (one axis value: nothing to transfer across)" if len(p["widths"]) < 2
-                                     else "TRANSFERS" if p["transfers"] else "does not transfer"))
+        verdict = _verdict(p)
+        out.append(f"  verdict: {verdict.upper() if p['transfers'] else verdict}")
         out += [f"  warning: {w}" for w in p["warnings"]]
     if any(any(p["edge"]) for p in r["panels"]):
         out.append("\n* the observed minimum, not a fitted vertex (see the warning)")
@@ -349,11 +356,9 @@ def plot_transfer(result: dict, table: RunTable, out_path: str | Path) -> Path:
                 ax.plot(p["log2_opt"][j], p["loss_opt"][j], "*", color=color, ms=13, mec="black", mew=0.6)
         short = len(p["panel"]) > 1  # several panel keys: their last parts keep the title within the subplot
         title = ", ".join(_name(k, v, short=short) for k, v in p["panel"].items()) or "all runs"
-        if len(p["widths"]) < 2:  # an LR probe at one shape: its optimum, no transfer to judge
-            sub = f"log2 optimum {_f(p['log2_opt'][0], '.2f')}, loss {_f(p['loss_opt'][0], '.4f')}"
-        else:
-            sub = (f"{'transfers' if p['transfers'] else 'does not transfer'} (drift {_f(p['drift'], '.2f')}, "
-                   f"slope {_f(p['slope'], '+.2f')})")
+        sub = (f"log2 optimum {_f(p['log2_opt'][0], '.2f')}, loss {_f(p['loss_opt'][0], '.4f')}"
+               if p["transfers"] is None  # an LR probe at one shape: its optimum, no transfer to judge
+               else f"{_verdict(p)} (drift {_f(p['drift'], '.2f')}, slope {_f(p['slope'], '+.2f')})")
         ax.set_title(f"{title}\n{sub}", fontsize=10)
         ax.set_xlabel(f"log2 {HP_LABELS.get(hp, hp)}" + _rule_text(result))
         ax.grid(alpha=0.3)

@@ -89,16 +89,16 @@ def direction(cfg: Config, role: str, eps_mult: float) -> optax.GradientTransfor
     their shape; embeddings, gains and the readout keep Adam, as Muon's authors train them. schedule_free_adamw:
     Adam without momentum (b1 = 0); the averaging that replaces it wraps the whole chain (make_optimizer).
     """
-    o = cfg.optim
-    if o.name == "lion":
+    o, update = cfg.optim, update_name(cfg, role)
+    if update == "lion":
         return optax.scale_by_lion(o.beta1, o.beta2)
-    if o.name == "muon" and role == "hidden":
+    if update == "muon":
         # every hidden kernel is one [fan_in, fan_out] matrix; given per leaf because optax.partition hands the
         # transform a tree whose other groups' leaves are masked out (a bare default would not match it)
         dims = lambda u: jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(), u)  # noqa: E731
         muon = optax.contrib.scale_by_muon(beta=o.muon_momentum, ns_steps=o.ns_steps, weight_dimension_numbers=dims)
         return optax.chain(muon, scale_by_shape())
-    return _scale_by_adam(cfg, eps_mult, 0.0 if o.name == "schedule_free_adamw" else o.beta1)
+    return _scale_by_adam(cfg, eps_mult, 0.0 if update == "schedule_free_adamw" else o.beta1)
 
 
 def decays(cfg: Config) -> bool:
@@ -141,20 +141,16 @@ def make_optimizer(cfg: Config, info) -> optax.GradientTransformation:
 
 
 def eval_params_fn(cfg: Config, packed: bool = False):
-    """(opt_state, params) -> the weights to evaluate, jitted (vmapped over a pack's members when `packed`); the
-    identity, free, for every optimizer but schedule-free."""
+    """(opt_state, params) -> the weights to evaluate, jitted (vmapped over a pack's members when `packed`).
+    Schedule-free's averaged iterate x (params hold its interpolation y, where gradients are taken; its state is
+    the chain's inner state, see make_optimizer); the identity, free, for every other optimizer."""
     if cfg.optim.name != "schedule_free_adamw":
         return lambda opt_state, params: params
-    return jax.jit(jax.vmap(eval_params) if packed else eval_params)
 
+    def x(opt_state, params):
+        return optax.contrib.schedule_free_eval_params(opt_state.inner_state, params)
 
-def eval_params(opt_state, params):
-    """The weights to evaluate: schedule-free's averaged iterate x (params hold its interpolation y, where
-    gradients are taken); the trained weights themselves for every other optimizer. Vmap it for a pack."""
-    inner = opt_state.inner_state
-    if isinstance(inner, optax.contrib.ScheduleFreeState):
-        return optax.contrib.schedule_free_eval_params(inner, params)
-    return params
+    return jax.jit(jax.vmap(x) if packed else x)
 
 
 def hyperparams(cfg: Config) -> dict:
@@ -194,11 +190,11 @@ def group_table(cfg: Config, info, params) -> dict:
         counts[i.group] = counts.get(i.group, 0) + int(leaf.size)
     table = {}
     for label, s in _group_scales(cfg, info).items():
-        lr_g, lam_g = o.lr * s.lr_mult, lam * s.wd_mult
+        lr_g, lam_g, update = o.lr * s.lr_mult, lam * s.wd_mult, update_name(cfg, label.split(":")[0])
         table[label] = {
             "params": counts[label], "lr": lr_g, "weight_decay": lam_g,
-            "update": update_name(cfg, label.split(":")[0]),
-            "eps": None if o.eps_rule == "atan2" or o.name == "lion" else o.eps * s.eps_mult,
+            "update": update,
+            "eps": None if o.eps_rule == "atan2" or update in ("lion", "muon") else o.eps * s.eps_mult,
             "init_std": None if label.startswith("vector") else s.init_std,
             "tau_iter": 1.0 / (lr_g * lam_g) if lr_g * lam_g > 0 else None,
         }
@@ -206,6 +202,7 @@ def group_table(cfg: Config, info, params) -> dict:
 
 
 def update_name(cfg: Config, role: str) -> str:
-    """What moves one role's parameters: the optimizer, or Adam for the roles Muon leaves to it."""
+    """What moves one role's parameters: the optimizer, or Adam for the roles Muon leaves to it (`direction` and
+    the per-group table both read this)."""
     name = cfg.optim.name
     return "adam" if name == "muon" and role != "hidden" else name

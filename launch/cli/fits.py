@@ -248,8 +248,6 @@ COMMANDS = (
         arg("--plot", metavar="OUT.png", help="write the loss vs log2 hp figure (.png, .svg, .pdf)"),
         arg("--profile", action="store_true", help="print the curves instead: per axis value and hp grid point, "
             "the loss over the row's lowest and the normalized sigma_max (markdown tables)"),
-        arg("--baseline", metavar="RECIPE", help="with one input: the recipe every other is compared against (A); "
-            "default: the first in sorted order"),
         arg("--table", metavar="OUT.csv", help="write the run table (varying config keys, seed, metric, normalized "
             "sigma_max, status; one row per run), which this command reads back in place of the sweep directory"),
     ), cmd_transfer),
