@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,5 +50,33 @@ def test_a_check_whose_runs_are_absent_is_not_measurable_not_failed(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     lines = [x for x in p.stdout.splitlines() if "curve_laws" in x]
-    assert len(lines) == 3 and all(x.startswith("not measurable here") for x in lines), lines
+    assert len(lines) == 4 and all(x.startswith("not measurable here") for x in lines), lines
     assert '"not_held": 0' in p.stdout and "skipped" in p.stdout  # the other commands did not run
+
+
+TEST_REF = re.compile(r"\btests/([\w/]+\.py)::(\w+)")  # a [param] suffix is not part of the name
+TEST_FILE = re.compile(r"\btests/([\w/]+\.py)\b")
+BENCH_SCRIPT = re.compile(r"\bbench/([a-z_][a-z0-9_]*)\.py\b")  # lower case: bench/SCRIPT.py is a placeholder
+
+
+def missing_references(text: str) -> list[str]:
+    """The tests/FILE.py::NAME, tests/FILE.py and bench/NAME.py in a ledger text that do not exist in the repo."""
+    missing = []
+    for path, name in sorted(set(TEST_REF.findall(text))):
+        file = ROOT / "tests" / path
+        if not file.is_file() or not re.search(rf"^\s*(?:async\s+)?def {name}\(", file.read_text(), re.M):
+            missing.append(f"tests/{path}::{name}")
+    missing += [f"tests/{p}" for p in sorted(set(TEST_FILE.findall(text))) if not (ROOT / "tests" / p).is_file()]
+    missing += [f"bench/{n}.py" for n in sorted(set(BENCH_SCRIPT.findall(text)))
+                if not (ROOT / "bench" / f"{n}.py").is_file()]
+    return missing
+
+
+def test_every_test_and_bench_script_the_ledger_names_exists():
+    text = claims.LEDGER.read_text()
+    assert len(set(TEST_REF.findall(text))) >= 20 and len(set(BENCH_SCRIPT.findall(text))) >= 10
+    assert missing_references(text) == []
+    made_up = ("tests/test_fit.py::test_no_such_test[x] tests/test_no_such_file.py::test_x bench/no_such_script.py "
+               "tests/test_fit.py::test_epoch_chinchilla_approach3_reproduces_the_published_fit")
+    assert missing_references(made_up) == ["tests/test_fit.py::test_no_such_test", "tests/test_no_such_file.py::test_x",
+                                           "tests/test_no_such_file.py", "bench/no_such_script.py"]
