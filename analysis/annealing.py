@@ -255,6 +255,11 @@ def schedule_label(r: pd.Series) -> str:
     return f"{name}{to}" if name in ("cosine", "linear") else name
 
 
+def _value(v) -> str:
+    """A config value as written: 1280, not the 1280.0 a column with gaps (NaN) turns it into."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else str(v)
+
+
 def run_labels(curves_df: pd.DataFrame) -> dict[str, str]:
     """run_id -> its schedule in words (schedule_label; else the optim.* settings that differ), followed by the
     other settings that differ (e.g. seed=1) where runs share a schedule; the run_id where nothing tells them apart."""
@@ -267,7 +272,8 @@ def run_labels(curves_df: pd.DataFrame) -> dict[str, str]:
                                    if c.startswith("optim.")) for r in per_run.index}
     if len(set(labels.values())) < len(labels):
         rest = [c for c in varies if not c.startswith("optim.")]
-        labels = {r: " ".join([lab] + [f"{c}={per_run.at[r, c]}" for c in rest]).strip() for r, lab in labels.items()}
+        labels = {r: " ".join([lab] + [f"{c}={_value(per_run.at[r, c])}" for c in rest]).strip()
+                  for r, lab in labels.items()}
     return labels if all(labels.values()) and len(set(labels.values())) == len(labels) else {
         str(r): str(r) for r in per_run.index}
 

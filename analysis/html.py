@@ -25,8 +25,8 @@ from testbed import provenance
 from testbed.config import ConfigError
 
 # the report's kinds: analysis that reads a run table or curves (not published-table-only laws)
-REPORT_KINDS = ("curves", "compute", "isoflop", "envelope", "contour", "holdout", "backtest", "transfer",
-                "schedules", "landscape", "critbatch", "plan")
+REPORT_KINDS = ("curves", "compute", "isoflop", "envelope", "contour", "holdout", "backtest", "overtrain",
+                "transfer", "schedules", "landscape", "critbatch", "plan")
 TABLE_COLUMNS = ("run_id", "status", "N", "N_nonembed", "D", "C", "loss")
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;

@@ -61,10 +61,12 @@ def chinchilla_derived(q: dict[str, float], flops_per_token_per_param: float = 6
     """a = beta/(alpha+beta) (N_opt ~ C^a), b = alpha/(alpha+beta) and G: minimizing L at fixed C = k N D gives
     N_opt = G (C/k)^a and D_opt = (C/k)^b / G with G = (alpha A / (beta B))^(1/(alpha+beta))."""
     al, be = q["alpha"], q["beta"]
-    ratio = np.asarray(al * q["A"] / (be * q["B"]), np.float64)
-    # a (bootstrap) refit with alpha or beta <= 0 has no compute-optimal split: nan, not Python's complex power
+    # a (bootstrap) refit with alpha or beta <= 0, or a term fitted away (A or B = 0, as NNLS can give), has no
+    # compute-optimal split: nan, not a ZeroDivisionError or Python's complex power
     with np.errstate(all="ignore"):
-        G = np.where(ratio > 0, np.abs(ratio) ** (1.0 / np.asarray(al + be, np.float64)), np.nan)
+        ratio = np.asarray(al * np.asarray(q["A"], np.float64) / (be * np.asarray(q["B"], np.float64)), np.float64)
+        G = np.where((ratio > 0) & np.isfinite(ratio), np.abs(ratio) ** (1.0 / np.asarray(al + be, np.float64)),
+                     np.nan)
     G = float(G) if G.ndim == 0 else G
     return {"a": be / (al + be), "b": al / (al + be), "G": G, "k": flops_per_token_per_param}
 

@@ -162,6 +162,57 @@ def transfer(fits: Fits, out: Path) -> Section:
                    [line for line in transfer.format_report(result).splitlines() if "verdict" in line.lower()][:4])
 
 
+def _curve_size(cur: pd.DataFrame) -> float | None:
+    """The model size whose curves say the most: the most runs, then the most logged steps (longer curves pin the
+    law's S1 term), then the largest N; None when every curve has one size (or none)."""
+    if "ok" in cur.columns:
+        cur = cur[cur["ok"].astype(bool)]  # the runs the fit will use (not diverged ones, not WSD parents)
+    if "N" not in cur.columns or cur["N"].nunique() < 2:
+        return None
+    by_n = cur.groupby("N").agg(runs=("run_id", "nunique"), rows=("run_id", "size"))
+    return float(max(by_n.index, key=lambda n: (by_n.at[n, "runs"], by_n.at[n, "rows"], n)))
+
+
+def schedules(fits: Fits, out: Path) -> Section:
+    """The annealing law fits the curves of ONE model size (its L0 and A are properties of the model): in a sweep of
+    several sizes, the size with the most runs, then the longest curves (_curve_size); --filter picks another."""
+    n = _curve_size(load.curves(fits.data, columns=fits.columns, filter=fits.filter))
+    if n is None:
+        return _annealing_section(fits, out)
+    only = f"N == {n!r}"
+    one = Fits(fits.data, columns=fits.columns, filter=f"({fits.filter}) and {only}" if fits.filter else only,
+               seed=fits.seed)
+    section = _annealing_section(one, out)
+    section.notes.insert(0, f"fitted on the runs of N = {n:,.0f} (the size with the most runs, then the longest "
+                            "curves); the law's L0 and A belong to one model, so sizes are not pooled")
+    return section
+
+
+_annealing_section = _via_fit("schedules", "annealing", "LR schedules and the annealing law")
+
+
+def _multipliers(rows: pd.DataFrame) -> pd.Series:
+    """Runs per token multiplier M = D / N (to 2 significant digits: a ladder's rungs round D to whole steps)."""
+    m = (rows["D"] / rows["N"]).to_numpy(np.float64)
+    return pd.Series(np.round(m / 10 ** np.floor(np.log10(m)), 1) * 10 ** np.floor(np.log10(m))).value_counts()
+
+
+def overtrain(fits: Fits, out: Path) -> Section:
+    """Gadre et al.'s over-training law, where the runs lie on lines of constant M = D / N (a ladder design)."""
+    rows, _ = load.usable(load.load(fits.data, columns=fits.columns, filter=fits.filter))
+    lines = _multipliers(rows) if {"N", "D"} <= set(rows.columns) and len(rows) else pd.Series(dtype=int)
+    if int((lines >= 3).sum()) < 2:
+        raise ConfigError("overtrain: needs runs on 2 or more token multipliers M = D / N with 3 or more sizes each "
+                          f"(a ladder design with several tokens_per_param); this data has {int((lines >= 3).sum())}")
+    section = _overtrain_section(fits, out)
+    section.notes.append(f"token multipliers M = D/N: {', '.join(f'{m:g}' for m in sorted(lines.index))}; "
+                         f"compute-optimal M_opt = {section.fit['derived']['M_opt']:.3g}")
+    return section
+
+
+_overtrain_section = _via_fit("overtrain", "overtrain", "Over-training law")
+
+
 def plan(fits: Fits, out: Path) -> Section:
     """The rounds of `testbed plan --progressive` (SWEEP_DIR/plan/history.jsonl)."""
     import json
@@ -199,13 +250,13 @@ KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
     "backtest": ("each law's error on runs above a compute cut vs the extrapolation factor, with interval coverage",
                  backtest),
     "transfer": ("loss vs log2 LR per width, one panel per parametrization (muP paper Fig. 1)", transfer),
-    "schedules": ("loss curves under several LR schedules with the fitted annealing law, and the LR",
-                  _via_fit("schedules", "annealing", "LR schedules and the annealing law")),
+    "schedules": ("loss curves under several LR schedules with the fitted annealing law, and the LR (one model "
+                  "size: in a sweep of several, the one with the most runs)", schedules),
     "landscape": ("loss over (LR, batch) per (N, D) cell with the fitted optimum (Step Law)",
                   _via_fit("landscape", "steplaw", "Hyperparameter landscape (Step Law)")),
     "critbatch": ("critical batch size per target loss", _via_fit("critbatch", "critbatch", "Critical batch size")),
-    "overtrain": ("loss vs compute per token multiplier with the over-training law (Gadre et al.)",
-                  _via_fit("overtrain", "overtrain", "Over-training law")),
+    "overtrain": ("loss vs compute per token multiplier with the over-training law (Gadre et al.; runs on lines "
+                  "of constant D/N)", overtrain),
     "downstream": ("downstream error vs loss with the fitted law", _via_fit("downstream", "downstream",
                                                                            "Loss to downstream error")),
     "plan": ("the target's interval width per round of testbed plan --progressive, with each plan's prediction",

@@ -1,5 +1,5 @@
 """Do the example sweeps in configs/ give the analysis they are named for? Sweep (or reuse), report, check.
-    python bench/examples.py isoflop [--runs runs] [--run] [--check]
+    python bench/examples.py isoflop|ladder|wsd_branch [--runs runs] [--run] [--check]
 --run trains the example into RUNS/NAME first (`testbed sweep configs/NAME.yaml --workers 2`; a finished sweep
 resumes in seconds); without it the sweep must already be there. Then `testbed report` draws the example's figures,
 and one JSON line says, per analysis, whether its fit converged and what it resolved. --check exits 1 unless each
@@ -22,7 +22,11 @@ from testbed import hardware
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def isoflop_checks(sections: dict) -> list[dict]:
+def converged(sections: dict, kind: str) -> float:
+    return float(sections[kind]["fit"]["diagnostics"]["converged"])
+
+
+def isoflop_checks(sections: dict, sweep_dir: Path) -> list[dict]:
     """configs/isoflop.yaml: a parabola vertex inside the sampled widths at every budget, converged Approach 2 and 3
     fits (and the held-out and LR-annealing fits), and an envelope (Approach 1) that more than two sizes win."""
     iso = sections["isoflop"]["fit"]
@@ -41,8 +45,49 @@ def isoflop_checks(sections: dict) -> list[dict]:
     ]
 
 
+def ladder_checks(sections: dict, sweep_dir: Path) -> list[dict]:
+    """configs/ladder.yaml: the over-training law converged on three lines of constant D/N with a compute-optimal
+    multiplier (M_opt) it can place, and the Chinchilla, held-out and (widest rung's) annealing fits converged."""
+    ot = sections["overtrain"]["fit"]
+    return [
+        bands.band("over-training law converged", converged(sections, "overtrain"), 1.0, 1.0),
+        bands.band("over-training law's M_opt is finite and positive",
+                   float(0 < ot["derived"]["M_opt"] < float("inf")), 1.0, 1.0),
+        bands.band("Chinchilla fit (compute) converged", converged(sections, "compute"), 1.0, 1.0),
+        bands.band("held-out fit converged", converged(sections, "holdout"), 1.0, 1.0),
+        bands.band("annealing fit (schedules, one width) converged", converged(sections, "schedules"), 1.0, 1.0),
+    ]
+
+
+def wsd_branch_checks(sections: dict, sweep_dir: Path) -> list[dict]:
+    """configs/wsd_branch.yaml: each width's cooldowns give a loss that falls with D; the widest width's longest
+    cooldown ends where a whole WSD run of its length does (trained here, ~30 s), which is what lets one parent stand
+    in for a run per budget; the Chinchilla, held-out and annealing fits on the children converged."""
+    from testbed.analysis import load
+
+    rows, _ = load.usable(load.load(sweep_dir))
+    falls = all(g.sort_values("D")["loss"].is_monotonic_decreasing for _, g in rows.groupby("N"))
+    child = rows.sort_values(["N", "D"]).iloc[-1]
+    alone = sweep_dir.parent / f"{sweep_dir.name}_alone"
+    p = testbed("train", str(Path(child["run_dir"]) / "config.yaml"), "--set", "train.branch_from=null", "--set",
+                "train.branch_step=null", "--out", str(alone), "--no-progress")
+    if p.returncode:
+        sys.exit(f"testbed train (the independent run) failed ({p.returncode}): {p.stderr[-2000:]}")
+    alone_loss = json.loads((alone / "summary.json").read_text())["final_eval_loss"]
+    return [
+        bands.band("every width's loss falls with each longer cooldown", float(falls), 1.0, 1.0),
+        bands.band("longest cooldown vs an independent run: |rel. difference|", abs(child["loss"] / alone_loss - 1),
+                   0.0, 1e-4),
+        bands.band("Chinchilla fit (compute) converged", converged(sections, "compute"), 1.0, 1.0),
+        bands.band("held-out fit converged", converged(sections, "holdout"), 1.0, 1.0),
+        bands.band("annealing fit (schedules, one width) converged", converged(sections, "schedules"), 1.0, 1.0),
+    ]
+
+
 # name -> (the report figures the example is for, its checks)
-EXAMPLES = {"isoflop": ("isoflop,compute,holdout,envelope,schedules", isoflop_checks)}
+EXAMPLES = {"isoflop": ("isoflop,compute,holdout,envelope,schedules", isoflop_checks),
+            "ladder": ("overtrain,compute,holdout,schedules", ladder_checks),
+            "wsd_branch": ("curves,compute,holdout,schedules", wsd_branch_checks)}
 
 
 def testbed(*args: str) -> subprocess.CompletedProcess:
@@ -74,7 +119,7 @@ def main(argv=None) -> int:
     if p.returncode:
         sys.exit(f"testbed report failed ({p.returncode}): {p.stderr[-2000:]}")
     report = json.loads((sweep_dir / "report" / "report.json").read_text())
-    items = checks(report["sections"])
+    items = checks(report["sections"], sweep_dir)
     print(json.dumps({"example": a.name, "sweep_dir": str(sweep_dir), "sweep_s": sweep_s,
                       "report_s": round(time.perf_counter() - t1, 1), "drawn": json.loads(p.stdout)["drawn"],
                       "warnings": json.loads(p.stdout)["warnings"], "machine": hardware.machine(),

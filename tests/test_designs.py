@@ -261,6 +261,21 @@ def test_wsd_branch_children_continue_the_parent_and_cool_down(branched):
     assert again["trained"] == 0 and again["skipped"] == 3
 
 
+def test_a_branched_child_equals_an_independent_run_of_its_schedule(branched, tmp_path, jax_env, monkeypatch):
+    """The design's premise: a cooldown branched from the parent ends where a whole WSD run of the same length
+    would (same batches, same LR at every step), so one parent per width stands in for one run per budget."""
+    from testbed.train import train
+
+    runs, out, summary, _ = branched
+    child = runs[-1]
+    for k, v in jax_env.items():
+        monkeypatch.setenv(k, v)
+    cfg = C.load(out / child.run_id / "config.yaml", ["train.branch_from=null", "train.branch_step=null"])
+    alone = train(cfg, tmp_path / "alone", progress=False, log=lambda _: None)
+    branched_final = json.loads((out / child.run_id / "summary.json").read_text())["final_eval_loss"]
+    assert alone["final_eval_loss"] == pytest.approx(branched_final, rel=1e-6)
+
+
 def test_branch_errors_name_the_fix(branched, tmp_path):
     from testbed.train import train
 

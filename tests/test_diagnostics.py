@@ -14,12 +14,15 @@ from testbed.diagnostics import coord_check, reshape
 from testbed.model import init_params
 from testbed.spectral import SingularValues, by_name
 
+from .conftest import ROOT
+
 BASE = ["model.d_model=64", "model.head_dim=16", "model.n_heads=4", "param.base_width=64", "model.n_layers=2",
         "param.base_depth=2", "model.zero_init_readout=true", "optim.lr=3e-3", "train.steps=10"]
 
 
 def check(name, **kw):
-    cfg = C.load(None, [*BASE, f"param.name={name}", *kw.pop("extra", [])])
+    """configs/mup.yaml itself (the example these checks are documented on), under parametrization `name`."""
+    cfg = C.load(ROOT / "configs" / "mup.yaml", [f"param.name={name}", *kw.pop("extra", [])])
     return coord_check(cfg, steps=4, seeds=2, **kw)
 
 

@@ -183,6 +183,8 @@ def test_a_refit_without_a_compute_optimal_point_is_nan_not_complex():
     assert isinstance(d["G"], float) and np.isnan(d["G"])
     arr = laws.chinchilla_derived({**Q, "alpha": np.array([0.34, -0.1])})["G"]
     assert np.isfinite(arr[0]) and np.isnan(arr[1])
+    for gone in ("A", "B"):  # a term fitted away (variable projection's NNLS can set A or B to 0): nan, no raise
+        assert np.isnan(laws.chinchilla_derived({**Q, gone: 0.0})["G"])
     bad = DS.raw_vector({**RAW, "alpha": -0.1})
     assert np.isnan(DS.target_value(bad, "n_opt", 1e21))
     good = DS.raw_vector(RAW)

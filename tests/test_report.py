@@ -105,6 +105,52 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
     assert (sweep / "report" / "index.html").is_file() and len(load.load(sweep)) == n_runs
 
 
+def ladder_sweep(root, seed=0):
+    """A ladder as testbed writes it: 4 sizes x token multipliers M = D/N of 5, 20 and 80, curves under a linear decay,
+    final losses from L = E + A/N^0.34 + B/D^0.34 (Gadre et al.'s law has equal exponents) with 0.2% noise."""
+    rng = np.random.default_rng(seed)
+    sweep = root / "ladder"
+    for i, n in enumerate(np.geomspace(1e5, 1e7, 4)):
+        for m in (5, 20, 80):
+            d = m * float(n)
+            run = write_run(sweep, f"n{i}m{m:02d}", [f"seed={i}", f"model.d_model={32 * (i + 1)}",
+                                                       "optim.warmup_steps=0"], None)
+            rows = []
+            for k in range(1, 21):
+                t = d * k / 20
+                loss = TRUE["E"] + TRUE["A"] / n ** 0.34 + TRUE["B"] / t ** 0.34
+                loss *= np.exp(0.002 * rng.standard_normal())
+                rows.append({"step": k, "tokens": t, "flops": 6 * n * t, "lr": 1e-3 * (1 - k / 21),
+                             "train_loss": loss, "eval_loss": loss})
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "steps": 20, "tokens": d, "flops": 6 * n * d, "final_train_loss": loss,
+                "final_eval_loss": loss, "params_total": n, "params_embedding": 0.1 * n,
+                "params_nonembedding": 0.9 * n, "flops_per_token": 6 * n}))
+    return sweep
+
+
+def test_a_ladder_report_fits_the_over_training_law_and_one_size_curves(tmp_path, cli):
+    """Runs on lines of constant D/N get Gadre et al.'s law; the annealing law is fitted on one model size (the
+    largest of those with the most runs), not pooled over sizes whose L0 and A differ. An IsoFLOP grid (every run
+    its own D/N) is told why it gets no over-training figure."""
+    out = tmp_path / "report"
+    r = cli("report", str(ladder_sweep(tmp_path)), "--out", str(out), "--bootstrap", "20", "--json",
+            "--kinds", "overtrain,schedules")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    ot = report["sections"]["overtrain"]["fit"]
+    assert ot["diagnostics"]["converged"] and ot["params"]["eta"] == pytest.approx(0.17, abs=0.02)  # 2 eta = 0.34
+    assert ot["n_points"] == 12
+    assert report["sections"]["schedules"]["fit"]["diagnostics"]["fit_runs"] == ["n3m05", "n3m20", "n3m80"]
+    page = (out / "index.html").read_text()
+    assert "token multipliers M = D/N: 5, 20, 80" in page and "fitted on the runs of N = 10,000,000" in page
+    r2 = cli("report", str(synthetic_sweep(tmp_path)), "--out", str(tmp_path / "r2"), "--json",
+             "--kinds", "overtrain")
+    assert r2.returncode == 0, r2.stderr
+    assert "2 or more token multipliers" in json.loads(r2.stdout)["skipped"]["overtrain"]
+
+
 def test_report_bad_input_exits_2_and_writes_nothing(tmp_path, cli):
     out = tmp_path / "report"
     r = cli("report", str(tmp_path / "missing"), "--out", str(out))
