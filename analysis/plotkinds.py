@@ -251,7 +251,7 @@ KINDS: dict[str, tuple[str, Callable[[Fits, Path], Section]]] = {
                  backtest),
     "transfer": ("loss vs log2 LR per width, one panel per parametrization (muP paper Fig. 1)", transfer),
     "schedules": ("loss curves under several LR schedules with the fitted annealing law, and the LR (one model "
-                  "size: in a sweep of several, the one with the most runs)", schedules),
+                  "size: in a sweep of several, the one with the most runs, then the longest curves)", schedules),
     "landscape": ("loss over (LR, batch) per (N, D) cell with the fitted optimum (Step Law)",
                   _via_fit("landscape", "steplaw", "Hyperparameter landscape (Step Law)")),
     "critbatch": ("critical batch size per target loss", _via_fit("critbatch", "critbatch", "Critical batch size")),
