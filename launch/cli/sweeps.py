@@ -138,7 +138,7 @@ COMMANDS = (
         JSON,
     ), cmd_plan),
     Command("quickstart", "train an IsoFLOP sweep on the embedded data, fit the scaling law, predict and train a "
-            "held-out larger run, write the report (about 9 min on 2 CPU cores)", (
+            "held-out larger run, write the report (5-9 min on 2 CPU cores)", (
         arg("--out", default="runs/quickstart", help="output directory (default runs/quickstart)"),
         arg("--size", default="small", choices=("small", "tiny", "gpu"),
             help="small (2-core laptop, default) | tiny (a 2-3 minute check of the pipeline) | gpu (one accelerator)"),
