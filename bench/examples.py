@@ -22,25 +22,25 @@ from testbed import hardware
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def converged(sections: dict, kind: str) -> float:
-    return float(sections[kind]["fit"]["diagnostics"]["converged"])
+FIT_NAMES = {"isoflop": "IsoFLOP fit", "overtrain": "over-training law", "compute": "Chinchilla fit (compute)",
+             "holdout": "held-out fit", "schedules": "annealing fit (schedules, one model size)"}
+
+
+def converged(sections: dict, *kinds: str) -> list[dict]:
+    """One band per report section: its fit converged."""
+    return [bands.band(f"{FIT_NAMES[k]} converged", float(sections[k]["fit"]["diagnostics"]["converged"]), 1.0, 1.0)
+            for k in kinds]
 
 
 def isoflop_checks(sections: dict, sweep_dir: Path) -> list[dict]:
     """configs/isoflop.yaml: a parabola vertex inside the sampled widths at every budget, converged Approach 2 and 3
     fits (and the held-out and LR-annealing fits), and an envelope (Approach 1) that more than two sizes win."""
-    iso = sections["isoflop"]["fit"]
-    budgets = iso["derived"]["budgets"]
+    budgets = sections["isoflop"]["fit"]["derived"]["budgets"]
     env = sections["envelope"]["fit"]["diagnostics"]
     return [
         bands.band("IsoFLOP budgets whose vertex is interior", sum(b["interior"] for b in budgets) / len(budgets),
                    1.0, 1.0),
-        bands.band("IsoFLOP fit converged", float(iso["diagnostics"]["converged"]), 1.0, 1.0),
-        bands.band("Chinchilla fit (compute) converged", float(sections["compute"]["fit"]["diagnostics"]["converged"]),
-                   1.0, 1.0),
-        bands.band("held-out fit converged", float(sections["holdout"]["fit"]["diagnostics"]["converged"]), 1.0, 1.0),
-        bands.band("annealing fit (schedules) converged",
-                   float(sections["schedules"]["fit"]["diagnostics"]["converged"]), 1.0, 1.0),
+        *converged(sections, "isoflop", "compute", "holdout", "schedules"),
         bands.band("distinct N winning an envelope bin", env["distinct_N_winning"], 3),
     ]
 
@@ -48,21 +48,19 @@ def isoflop_checks(sections: dict, sweep_dir: Path) -> list[dict]:
 def ladder_checks(sections: dict, sweep_dir: Path) -> list[dict]:
     """configs/ladder.yaml: the over-training law converged on three lines of constant D/N with a compute-optimal
     multiplier (M_opt) it can place, and the Chinchilla, held-out and (widest rung's) annealing fits converged."""
-    ot = sections["overtrain"]["fit"]
+    m_opt = sections["overtrain"]["fit"]["derived"]["M_opt"]
     return [
-        bands.band("over-training law converged", converged(sections, "overtrain"), 1.0, 1.0),
-        bands.band("over-training law's M_opt is finite and positive",
-                   float(0 < ot["derived"]["M_opt"] < float("inf")), 1.0, 1.0),
-        bands.band("Chinchilla fit (compute) converged", converged(sections, "compute"), 1.0, 1.0),
-        bands.band("held-out fit converged", converged(sections, "holdout"), 1.0, 1.0),
-        bands.band("annealing fit (schedules, one width) converged", converged(sections, "schedules"), 1.0, 1.0),
+        *converged(sections, "overtrain"),
+        bands.band("over-training law's M_opt is finite and positive", float(0 < m_opt < float("inf")), 1.0, 1.0),
+        *converged(sections, "compute", "holdout", "schedules"),
     ]
 
 
 def wsd_branch_checks(sections: dict, sweep_dir: Path) -> list[dict]:
     """configs/wsd_branch.yaml: each width's cooldowns give a loss that falls with D; the widest width's longest
-    cooldown ends where a whole WSD run of its length does (trained here, ~30 s), which is what lets one parent stand
-    in for a run per budget; the Chinchilla, held-out and annealing fits on the children converged."""
+    cooldown ends where a whole WSD run of its length does (trained here, ~30 s; reused from RUNS/wsd_branch_alone
+    when there), which is what lets one parent stand in for a run per budget; the Chinchilla, held-out and
+    annealing fits on the children converged."""
     from testbed.analysis import load
 
     rows, _ = load.usable(load.load(sweep_dir))
@@ -78,9 +76,7 @@ def wsd_branch_checks(sections: dict, sweep_dir: Path) -> list[dict]:
         bands.band("every width's loss falls with each longer cooldown", float(falls), 1.0, 1.0),
         bands.band("longest cooldown vs an independent run: |rel. difference|", abs(child["loss"] / alone_loss - 1),
                    0.0, 1e-4),
-        bands.band("Chinchilla fit (compute) converged", converged(sections, "compute"), 1.0, 1.0),
-        bands.band("held-out fit converged", converged(sections, "holdout"), 1.0, 1.0),
-        bands.band("annealing fit (schedules, one width) converged", converged(sections, "schedules"), 1.0, 1.0),
+        *converged(sections, "compute", "holdout", "schedules"),
     ]
 
 

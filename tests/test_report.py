@@ -23,6 +23,24 @@ def law(n, d):
     return TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
 
 
+def law_run(sweep, run_id, overrides, n, d, loss_of, rng, eval_every=1):
+    """A completed run as testbed writes it: 20 steps to D tokens under a linear LR decay, each logged loss
+    loss_of(N, tokens) with 0.2% noise (eval every `eval_every` steps), the summary ending at the last eval."""
+    run = write_run(sweep, run_id, overrides, None)
+    rows = []
+    for k in range(1, 21):
+        t = d * k / 20
+        loss = loss_of(n, t) * np.exp(0.002 * rng.standard_normal())
+        rows.append({"step": k, "tokens": t, "flops": 6 * n * t, "lr": 1e-3 * (1 - k / 21),
+                     "train_loss": loss, **({"eval_loss": loss} if k % eval_every == 0 else {})})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    final = rows[-1]["eval_loss"]
+    (run / "summary.json").write_text(json.dumps({
+        "status": "completed", "steps": 20, "tokens": d, "flops": 6 * n * d, "final_train_loss": final,
+        "final_eval_loss": final, "params_total": n, "params_embedding": 0.1 * n,
+        "params_nonembedding": 0.9 * n, "flops_per_token": 6 * n}))
+
+
 def synthetic_sweep(root, seed=0):
     """An IsoFLOP sweep as testbed writes it: 3 budgets x 5 sizes, curves logged every 1/20 of training following
     L(N, tokens) with 0.2% noise, plus one diverged run. N around the compute-optimal size of each budget."""
@@ -33,19 +51,8 @@ def synthetic_sweep(root, seed=0):
         n_opt = 0.092 * (c / 6) ** 0.521  # the law's N_opt(C) = G (C/6)^a
         for n in n_opt * np.geomspace(1 / 4, 4, 5):
             n, d = float(n), c / (6 * n)
-            run = write_run(sweep, f"r{i:02d}", [f"seed={i}", f"model.d_model={32 * (1 + i % 3)}"], None)
-            rows = []
-            for k in range(1, 21):
-                t = d * k / 20
-                loss = law(n, t) * np.exp(0.002 * rng.standard_normal())
-                rows.append({"step": k, "tokens": t, "flops": 6 * n * t, "lr": 1e-3 * (1 - k / 21),
-                             "train_loss": loss, **({"eval_loss": loss} if k % 5 == 0 else {})})
-            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            final = rows[-1]["eval_loss"]
-            (run / "summary.json").write_text(json.dumps({
-                "status": "completed", "steps": 20, "tokens": d, "flops": 6 * n * d, "final_train_loss": final,
-                "final_eval_loss": final, "params_total": n, "params_embedding": 0.1 * n,
-                "params_nonembedding": 0.9 * n, "flops_per_token": 6 * n}))
+            law_run(sweep, f"r{i:02d}", [f"seed={i}", f"model.d_model={32 * (1 + i % 3)}"], n, d, law, rng,
+                    eval_every=5)
             i += 1
     bad = write_run(sweep, "zz_div", ["seed=99", "optim.lr=10.0"], None)
     (bad / "summary.json").write_text(json.dumps({"status": "diverged", "final_eval_loss": "nan", "params_total": 1e6,
@@ -108,25 +115,15 @@ def test_report_writes_a_page_with_every_applicable_fit_figure_and_warning(tmp_p
 def ladder_sweep(root, seed=0):
     """A ladder as testbed writes it: 4 sizes x token multipliers M = D/N of 5, 20 and 80, curves under a linear decay,
     final losses from L = E + A/N^0.34 + B/D^0.34 (Gadre et al.'s law has equal exponents) with 0.2% noise."""
+    def equal_exponents(n, d):
+        return TRUE["E"] + TRUE["A"] / n ** 0.34 + TRUE["B"] / d ** 0.34
+
     rng = np.random.default_rng(seed)
     sweep = root / "ladder"
     for i, n in enumerate(np.geomspace(1e5, 1e7, 4)):
         for m in (5, 20, 80):
-            d = m * float(n)
-            run = write_run(sweep, f"n{i}m{m:02d}", [f"seed={i}", f"model.d_model={32 * (i + 1)}",
-                                                       "optim.warmup_steps=0"], None)
-            rows = []
-            for k in range(1, 21):
-                t = d * k / 20
-                loss = TRUE["E"] + TRUE["A"] / n ** 0.34 + TRUE["B"] / t ** 0.34
-                loss *= np.exp(0.002 * rng.standard_normal())
-                rows.append({"step": k, "tokens": t, "flops": 6 * n * t, "lr": 1e-3 * (1 - k / 21),
-                             "train_loss": loss, "eval_loss": loss})
-            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            (run / "summary.json").write_text(json.dumps({
-                "status": "completed", "steps": 20, "tokens": d, "flops": 6 * n * d, "final_train_loss": loss,
-                "final_eval_loss": loss, "params_total": n, "params_embedding": 0.1 * n,
-                "params_nonembedding": 0.9 * n, "flops_per_token": 6 * n}))
+            law_run(sweep, f"n{i}m{m:02d}", [f"seed={i}", f"model.d_model={32 * (i + 1)}", "optim.warmup_steps=0"],
+                    float(n), m * float(n), equal_exponents, rng)
     return sweep
 
 
