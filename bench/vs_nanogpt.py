@@ -1,19 +1,22 @@
 """testbed's train step beside nanoGPT's (PyTorch, eager) at one shape on this CPU, interleaved: prints JSON.
 
-    python bench/vs_nanogpt.py --torch-python /path/to/venv-with-torch/bin/python [--rounds 3] [--steps 20]
+    python bench/vs_nanogpt.py --torch-python /path/to/venv-with-torch/bin/python [--rounds 3] [--steps 20] [--cpus 0]
 
 The shape is the reference one (bench/train_step.py at d_model 256): 4 layers, 4 heads of 64, seq 256, batch 16,
 vocab 256, float32, GELU MLP of 4 d, no biases, untied readout, AdamW with weight decay, no dropout. nanoGPT's
 model is its model.py reduced to that configuration (causal attention through
 torch.nn.functional.scaled_dot_product_attention, as nanoGPT does with flash available). PyTorch is not a
 dependency of the project: pass an interpreter that has it (`pip install torch` in a separate venv).
-Each round times both in fresh processes, one after the other, so the two see the same machine state.
+Each round times both in fresh processes, one after the other, so the two see the same machine state. `--cpus`
+pins both to those cores (both size their thread pools from the affinity mask): one core compares the kernels
+without either library's multi-threading.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -72,8 +75,9 @@ TESTBED_SETS = ["train.steps=100", "model.d_model=256", "model.n_layers=4", "mod
                 "data.seq_len=256", "train.batch_size=16", "model.pos=learned", "model.norm=layernorm"]
 
 
-def run(cmd: list[str]) -> dict:
-    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def run(cmd: list[str], cpus: set[int] | None = None) -> dict:
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True, preexec_fn=pin)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -82,19 +86,22 @@ def main() -> None:
     ap.add_argument("--torch-python", required=True, help="an interpreter with torch installed")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cpus", default="", help="pin both to these cores, e.g. 0 or 0,1 (default: every core)")
     args = ap.parse_args()
+    cpus = {int(c) for c in args.cpus.split(",") if c.strip()} or None
     testbed_cmd = [sys.executable, "-m", "testbed.launch.cli", "bench", "--steps", str(args.steps), "--json",
                    *[x for kv in TESTBED_SETS for x in ("--set", kv)]]
     rounds = []
     for _ in range(args.rounds):
-        ours = run(testbed_cmd)
-        theirs = run([args.torch_python, "-c", TORCH_STEP, str(args.steps)])
+        ours = run(testbed_cmd, cpus)
+        theirs = run([args.torch_python, "-c", TORCH_STEP, str(args.steps)], cpus)
         rounds.append({"testbed": ours["tokens_per_s"], "nanogpt": theirs["tokens_per_s"],
                        "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"]})
         print(json.dumps(rounds[-1]), flush=True)
     ratios = sorted(r["ratio"] for r in rounds)
     print(json.dumps({"machine": hardware.machine(),
                       "median_ratio_testbed_over_nanogpt": ratios[len(ratios) // 2], "rounds": len(rounds),
+                      "cpus": sorted(cpus) if cpus else "all",
                       "torch": theirs["torch"], "torch_threads": theirs["threads"], "mfu": ours["mfu"]}))
 
 
