@@ -53,6 +53,13 @@ HEAVY_FIRST = ("test_quickstart", "test_sharding", "test_backtest_published", "t
                "test_simulate", "test_nextruns", "test_train", "test_pack")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """One worker per core plus one on small machines (up to --maxprocesses): a worker waiting on its CLI
+    subprocess, or compiling on one thread, leaves a core idle that a third worker fills."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores + 1 if cores <= 2 else cores
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a file's tests keep their order
