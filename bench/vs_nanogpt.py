@@ -1,6 +1,7 @@
 """testbed's train step beside nanoGPT's (PyTorch, eager) at one shape on this CPU, interleaved: prints JSON.
 
-    python bench/vs_nanogpt.py --torch-python /path/to/venv-with-torch/bin/python [--rounds 3] [--steps 20] [--cpus 0]
+    python bench/vs_nanogpt.py --torch-python /path/to/venv-with-torch/bin/python [--rounds 3] [--steps 20]
+        [--cpus 0] [--profile]
 
 The shape is the reference one (bench/train_step.py at d_model 256): 4 layers, 4 heads of 64, seq 256, batch 16,
 vocab 256, float32, GELU MLP of 4 d, no biases, untied readout, AdamW with weight decay, no dropout. nanoGPT's
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from testbed import hardware
 
@@ -67,8 +69,16 @@ times = []
 for _ in range(steps):
     t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
 times.sort()
-print(json.dumps({"tokens_per_s": B * T / times[len(times) // 2], "torch": torch.__version__,
-                  "threads": torch.get_num_threads()}))
+out = {"tokens_per_s": B * T / times[len(times) // 2], "torch": torch.__version__, "threads": torch.get_num_threads()}
+if sys.argv[2:] == ["profile"]:  # self time per op, ms per step, over 5 steps
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    out["ops_ms_per_step"] = {e.key: round(e.self_cpu_time_total / 5e3, 1) for e in ops[:12]}
+    out["all_ops_ms_per_step"] = round(sum(e.self_cpu_time_total for e in ops) / 5e3, 1)
+print(json.dumps(out))
 '''
 
 TESTBED_SETS = ["train.steps=100", "model.d_model=256", "model.n_layers=4", "model.n_heads=4", "model.vocab_size=256",
@@ -87,6 +97,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cpus", default="", help="pin both to these cores, e.g. 0 or 0,1 (default: every core)")
+    ap.add_argument("--profile", action="store_true", help="then profile one step of each: testbed's by op category "
+                    "(bench/profile_step.py), nanoGPT's by op (torch.profiler)")
     args = ap.parse_args()
     cpus = {int(c) for c in args.cpus.split(",") if c.strip()} or None
     testbed_cmd = [sys.executable, "-m", "testbed.launch.cli", "bench", "--steps", str(args.steps), "--json",
@@ -98,6 +110,15 @@ def main() -> None:
         rounds.append({"testbed": ours["tokens_per_s"], "nanogpt": theirs["tokens_per_s"],
                        "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"]})
         print(json.dumps(rounds[-1]), flush=True)
+    if args.profile:
+        profile_cmd = [sys.executable, str(Path(__file__).with_name("profile_step.py")),
+                       *[x for kv in TESTBED_SETS for x in ("--set", kv)]]
+        ours_ms = run(profile_cmd, cpus)
+        theirs_ms = run([args.torch_python, "-c", TORCH_STEP, "3", "profile"], cpus)
+        print(json.dumps({"testbed_ms_per_step": ours_ms["by_category_ms"],
+                          "testbed_all_ops_ms": ours_ms["total_op_ms"],
+                          "nanogpt_ms_per_step": theirs_ms["ops_ms_per_step"],
+                          "nanogpt_all_ops_ms": theirs_ms["all_ops_ms_per_step"]}), flush=True)
     ratios = sorted(r["ratio"] for r in rounds)
     print(json.dumps({"machine": hardware.machine(),
                       "median_ratio_testbed_over_nanogpt": ratios[len(ratios) // 2], "rounds": len(rounds),
